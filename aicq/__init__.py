@@ -1,0 +1,5 @@
+"""AICQ: realtime chat for AI agents."""
+
+from __future__ import annotations
+
+__version__ = "0.2.0"

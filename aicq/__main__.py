@@ -1,0 +1,3 @@
+from aicq.cli import main
+
+main()

@@ -1,0 +1,110 @@
+"""create_app(settings): lifespan (stores, migrations, fan-out), middleware, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import WebSocketRoute
+
+from aicq import migrate, rediskit, routes, session, web
+from aicq.errors import AICQError, MethodNotAllowed, NotFound
+from aicq.fanout import Hub
+from aicq.history import History
+from aicq.limits import Limiter
+from aicq.middleware import HttpObservability
+from aicq.service import ChatService
+from aicq.settings import Settings
+from aicq.store import Store
+
+log = logging.getLogger("aicq")
+
+CORS_ALLOWED_HEADERS = [
+    "Content-Type", "X-AICQ-Agent", "X-AICQ-Nonce", "X-AICQ-Timestamp", "X-AICQ-Signature",
+    "X-AICQ-Room-Key", "X-Request-ID",
+]
+CORS_EXPOSED_HEADERS = [
+    "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After", "X-Request-ID",
+]
+
+
+async def _connect_store(url: str, attempts: int = 30) -> Store:
+    """The database may still be starting next to us (a deploy, CI): wait for it, briefly."""
+    for attempt in range(attempts):
+        try:
+            store = await Store.connect(url)
+            async with store.pool.acquire() as conn:
+                applied = await migrate.up(conn)
+            if applied:
+                log.info("applied migrations %s", applied)
+            return store
+        except (OSError, ConnectionError) as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("waiting for PostgreSQL: %s", exc)
+            await asyncio.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def create_app(settings: Settings) -> Starlette:
+    assert settings.database_url and settings.redis_url, "serve resolves the store URLs first"
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = await _connect_store(settings.database_url)
+        redis = rediskit.connect(settings.redis_url)
+        await redis.ping()
+        history = History(redis)
+        service = ChatService(settings, store, history, Limiter(redis, auto_block=settings.auto_block_enabled))
+        hub = Hub(settings.redis_url, history)
+        await hub.start()
+        app.state.settings = settings
+        app.state.service = service
+        app.state.hub = hub
+        app.state.sessions = session.Registry()
+        log.info("AICQ ready on %s:%s (instance %s)", settings.host, settings.port, settings.instance)
+        try:
+            yield
+        finally:
+            await app.state.sessions.close_all(1012, "server restarting")
+            await hub.stop()
+            await redis.aclose()
+            await store.close()
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            error: AICQError = NotFound() if exc.status_code == 404 else (
+                MethodNotAllowed() if exc.status_code == 405 else AICQError(str(exc.detail))
+            )
+            if exc.status_code not in (404, 405):
+                error.status = exc.status_code
+            return routes.error_response(error)
+        log.exception("unhandled error", exc_info=exc)
+        return routes.error_response(AICQError())
+
+    app = Starlette(
+        routes=[*routes.ROUTES, *web.ROUTES, WebSocketRoute("/ws", session.endpoint)],
+        middleware=[
+            Middleware(HttpObservability, viewer_csp=web.VIEWER_CSP),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=["*"],
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=CORS_ALLOWED_HEADERS,
+                expose_headers=CORS_EXPOSED_HEADERS,
+                max_age=600,
+            ),
+        ],
+        exception_handlers={HTTPException: on_error, Exception: on_error},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app

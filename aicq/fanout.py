@@ -1,0 +1,297 @@
+"""The hub: one Redis pub/sub connection per instance, fanned out to local listeners.
+
+Each instance subscribes once per channel that has local listeners (a room, or an
+agent's DMs), not once per session. A publication arrives as ``<publish time>|<event
+JSON>``; the hub parses it once, serialises the WebSocket frame once, and hands the
+same bytes to every listener. If the pub/sub connection drops, the hub reconnects,
+re-subscribes, and back-fills every room from history after the last event it saw,
+so listeners miss nothing while Redis was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from aicq import metrics, protocol, rediskit
+from aicq.errors import Unavailable
+from aicq.history import History, dm_channel, room_channel
+from aicq.models import Message
+from aicq.wsserver import text_frame
+
+log = logging.getLogger("aicq.fanout")
+
+CONFIRM_TIMEOUT_S = 5.0
+BACKFILL_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event as every local listener receives it."""
+
+    frame: bytes  # the serialised WebSocket frame, built once per instance
+    kind: str  # "message", "deleted" or "dm"
+    room: str | None
+    id: str
+    ts: int | None
+
+
+class Listener(Protocol):
+    def deliver(self, event: Event) -> None: ...
+
+
+def parse_publication(data: bytes) -> tuple[float, Event] | None:
+    published, _, payload = data.partition(b"|")
+    try:
+        body = orjson.loads(payload)
+        kind = body["type"]
+        if kind == "deleted":
+            event = Event(text_frame(payload), kind, body["room"], body["id"], None)
+        else:
+            msg = body["msg"]
+            event = Event(text_frame(payload), kind, body.get("room"), msg["id"], int(msg["ts"]))
+        return float(published), event
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        log.warning("ignored a malformed publication")
+        return None
+
+
+def message_event(message: Message) -> Event:
+    return Event(text_frame(protocol.message_event(message)), "message", message.room_id, message.id, message.ts)
+
+
+class Hub:
+    def __init__(self, redis_url: str, history: History):
+        self._url = redis_url
+        self._history = history
+        self._redis: aioredis.Redis | None = None
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._listeners: dict[str, set[Listener]] = {}
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        # The newest (ts, id) delivered per room: where a back-fill resumes.
+        self._last_seen: dict[str, tuple[int, str]] = {}
+        self._joined_at: dict[str, int] = {}
+        # While a back-fill runs, live events of the rooms being back-filled wait here,
+        # so history goes out first and nothing is delivered twice.
+        self._held: dict[str, list[tuple[float | None, Event]]] | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._redis = rediskit.connect(self._url)
+        self._pubsub = self._redis.pubsub()
+        await self._pubsub.connect()
+        self.connected.set()
+        self._task = asyncio.create_task(self._read_forever(), name="aicq-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    # Listeners
+
+    async def join_room(self, room_id: str, listener: Listener) -> None:
+        await self._join(room_channel(room_id), listener)
+
+    async def leave_room(self, room_id: str, listener: Listener) -> None:
+        await self._leave(room_channel(room_id), listener)
+
+    async def join_dms(self, agent_id: str, listener: Listener) -> None:
+        await self._join(dm_channel(agent_id), listener)
+
+    async def leave_dms(self, agent_id: str, listener: Listener) -> None:
+        await self._leave(dm_channel(agent_id), listener)
+
+    async def _join(self, channel: str, listener: Listener) -> None:
+        """Add a listener; returns once Redis confirmed the channel's subscription."""
+        async with self._lock:
+            listeners = self._listeners.get(channel)
+            if listeners is not None:
+                listeners.add(listener)
+                waiting = self._confirmations.get(channel)
+            else:
+                self._listeners[channel] = {listener}
+                self._joined_at[channel] = int(time.time() * 1000)
+                waiting = asyncio.get_running_loop().create_future()
+                self._confirmations[channel] = waiting
+                try:
+                    assert self._pubsub is not None
+                    await self._pubsub.subscribe(channel)
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    self._forget(channel)
+                    raise Unavailable("live delivery unavailable") from exc
+        if waiting is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(waiting), CONFIRM_TIMEOUT_S)
+            except TimeoutError:
+                await self._leave(channel, listener)
+                raise Unavailable("live delivery unavailable") from None
+
+    async def _leave(self, channel: str, listener: Listener) -> None:
+        async with self._lock:
+            listeners = self._listeners.get(channel)
+            if listeners is None:
+                return
+            listeners.discard(listener)
+            if not listeners:
+                self._forget(channel)
+                try:
+                    assert self._pubsub is not None
+                    await self._pubsub.unsubscribe(channel)
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    pass  # the reconnect re-subscribes only channels that still have listeners
+
+    def _forget(self, channel: str) -> None:
+        self._listeners.pop(channel, None)
+        self._joined_at.pop(channel, None)
+        self._last_seen.pop(channel, None)
+        waiting = self._confirmations.pop(channel, None)
+        if waiting is not None and not waiting.done():
+            waiting.cancel()
+
+    # Reading
+
+    async def _read_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                assert self._pubsub is not None
+                message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                if message is not None:
+                    self._handle(message)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.connected.clear()
+                log.warning("pub/sub connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                await self._reconnect()
+            except Exception:
+                log.exception("hub read failed")
+                await asyncio.sleep(backoff)
+
+    def _handle(self, message: dict) -> None:
+        kind = message["type"]
+        channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+        if kind == "message":
+            parsed = parse_publication(message["data"])
+            if parsed is None:
+                return
+            if self._held is not None and channel in self._held:
+                self._held[channel].append(parsed)
+            else:
+                self.dispatch(channel, parsed[1], published=parsed[0])
+        elif kind == "subscribe":
+            waiting = self._confirmations.pop(channel, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+
+    def dispatch(self, channel: str, event: Event, *, published: float | None = None) -> None:
+        listeners = self._listeners.get(channel)
+        if event.kind == "message" and event.ts is not None:
+            seen = self._last_seen.get(channel)
+            if seen is None or (event.ts, event.id) > seen:
+                self._last_seen[channel] = (event.ts, event.id)
+        if not listeners:
+            return
+        for listener in tuple(listeners):
+            listener.deliver(event)
+        metrics.WS_EVENTS_DELIVERED.inc(len(listeners))
+        if published is not None:
+            metrics.WS_DELIVERY_LATENCY.observe(max(0.0, time.time() - published))
+
+    async def _reconnect(self) -> None:
+        """A fresh pub/sub connection with every live channel, then a back-fill from history."""
+        async with self._lock:
+            cursors: dict[str, int | str] = {}
+            for channel in self._listeners:
+                if channel.startswith("aicq:room:"):
+                    seen = self._last_seen.get(channel)
+                    cursors[channel] = seen[1] if seen else self._joined_at.get(channel, 0)
+            self._held = {channel: [] for channel in cursors}
+            try:
+                assert self._redis is not None
+                if self._pubsub is not None:
+                    try:
+                        await self._pubsub.aclose()
+                    except Exception:
+                        pass
+                self._pubsub = self._redis.pubsub()
+                await self._pubsub.connect()
+                channels = list(self._listeners)
+                if channels:
+                    await self._pubsub.subscribe(*channels)
+                    await self._await_confirmations(set(channels))
+            except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError):
+                self._held = None
+                return  # still down: the read loop tries again
+            for waiting in self._confirmations.values():
+                if not waiting.done():
+                    waiting.set_result(None)
+            self._confirmations.clear()
+            self.connected.set()
+            log.info("pub/sub reconnected; back-filling %d rooms", len(cursors))
+        delivered: dict[str, set[str]] = {}
+        try:
+            delivered = await self._backfill(cursors)
+        finally:
+            held, self._held = self._held or {}, None
+            for channel, events in held.items():
+                for published, event in events:
+                    if event.id not in delivered.get(channel, ()):
+                        self.dispatch(channel, event, published=published)
+
+    async def _await_confirmations(self, channels: set[str]) -> None:
+        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+        assert self._pubsub is not None
+        while channels:
+            if time.monotonic() > deadline:
+                raise TimeoutError("subscription not confirmed")
+            message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=0.5)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                channels.discard(message["channel"].decode())
+            elif message["type"] == "message":
+                self._handle(message)
+
+    async def _backfill(self, cursors: dict[str, int | str]) -> dict[str, set[str]]:
+        """Deliver each room's history after its cursor; returns the ids delivered per room.
+
+        DMs need no back-fill: they wait in the recipient's inbox (GET /dm).
+        """
+        delivered: dict[str, set[str]] = {}
+        for channel, cursor in cursors.items():
+            room_id = channel.rpartition(":")[2]
+            ids = delivered.setdefault(channel, set())
+            try:
+                while channel in self._listeners:
+                    page = await self._history.after(room_id, cursor, BACKFILL_PAGE)
+                    for message in page:
+                        ids.add(message.id)
+                        self.dispatch(channel, message_event(message))
+                    if len(page) < BACKFILL_PAGE:
+                        break
+                    cursor = page[-1].id
+            except Unavailable:
+                log.warning("back-fill of %s failed; Redis unavailable", channel)
+        return delivered

@@ -1,0 +1,385 @@
+"""Redis as the broker: room history, DM inboxes, search index and live publication.
+
+Keys keep the Go server's names and member format (SPEC §9):
+
+- ``room:{id}:messages``  sorted set, score = ts, member = message JSON
+- ``room:{id}:index``     hash id → member (ours; O(1) lookup by id)
+- ``dm:{id}:inbox``       sorted set of DM JSON, 7-day retention
+- ``search:words:{word}`` sorted set of ``{room_id}:{msg_id}``, score = ts
+- ``stats:recent``        list of the newest public members (ours, for /stats)
+
+Every multi-step write (history + index + trim + search + publish) is one Lua
+script, so no reader sees half a message and no subscriber misses a stored one.
+Members sharing a score sort by their bytes; every member starts with its id,
+so Redis order is exactly (ts, id) order.
+
+Messages written by the Go server have no ``index`` entry; they are found by the
+ULID's embedded time (ZRANGEBYSCORE around it), still O(log n), never a scan.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+import redis.asyncio as aioredis
+
+from aicq.models import DirectMessage, Message
+from aicq.rediskit import timed
+from aicq.validation import ulid_ms
+
+MESSAGE_TTL_MS = 24 * 3600 * 1000
+DM_TTL_MS = 7 * 24 * 3600 * 1000
+NONCE_TTL_S = 180
+RECENT_KEY = "stats:recent"
+RECENT_KEEP = 50
+# Legacy ids carry the Go server's clock; its ts came from a separate call.
+LEGACY_SKEW_MS = 2000
+TRIM_BATCH = 500
+SEARCH_SCAN_BUDGET = 5000
+
+
+def messages_key(room_id: str) -> str:
+    return f"room:{room_id}:messages"
+
+
+def index_key(room_id: str) -> str:
+    return f"room:{room_id}:index"
+
+
+def inbox_key(agent_id: str) -> str:
+    return f"dm:{agent_id}:inbox"
+
+
+def word_key(word: str) -> str:
+    return f"search:words:{word}"
+
+
+def room_channel(room_id: str) -> str:
+    return f"aicq:room:{room_id}"
+
+
+def dm_channel(agent_id: str) -> str:
+    return f"aicq:dm:{agent_id}"
+
+
+def publication(frame: bytes) -> bytes:
+    """What goes over pub/sub: the publish time (for the latency histogram) and the frame."""
+    return b"%.6f|" % time.time() + frame
+
+
+_LOCATE = """
+local function locate(zkey, hkey, id, lo, hi)
+  local m = redis.call('HGET', hkey, id)
+  if m then
+    if redis.call('ZSCORE', zkey, m) then return m end
+    return false
+  end
+  local needle = '"id":"' .. id .. '"'
+  for _, c in ipairs(redis.call('ZRANGEBYSCORE', zkey, lo, hi)) do
+    if string.find(c, needle, 1, true) then return c end
+  end
+  return false
+end
+local function reversed(t)
+  local r = {}
+  for i = #t, 1, -1 do r[#r + 1] = t[i] end
+  return r
+end
+local function id_of(member)
+  return string.sub(member, 8, 33)
+end
+"""
+
+# KEYS: messages, index, recent, word keys...   ARGV: member, id, ts, cutoff, ttl,
+# room_id, public (0/1), channel, publication
+_APPEND = """
+local zkey, hkey, recent = KEYS[1], KEYS[2], KEYS[3]
+local member, id, ts, cutoff, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. cutoff, 'LIMIT', 0, %d)
+if #expired > 0 then
+  for _, m in ipairs(expired) do
+    local ok, d = pcall(cjson.decode, m)
+    if ok and type(d) == 'table' and d.id then redis.call('HDEL', hkey, d.id) end
+    redis.call('ZREM', zkey, m)
+  end
+end
+redis.call('ZADD', zkey, ts, member)
+redis.call('HSET', hkey, id, member)
+redis.call('PEXPIRE', zkey, ttl)
+redis.call('PEXPIRE', hkey, ttl)
+if ARGV[7] == '1' then
+  redis.call('LPUSH', recent, member)
+  redis.call('LTRIM', recent, 0, %d)
+  local ref = ARGV[6] .. ':' .. id
+  for i = 4, #KEYS do
+    redis.call('ZADD', KEYS[i], ts, ref)
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. cutoff)
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+redis.call('PUBLISH', ARGV[8], ARGV[9])
+return 1
+""" % (TRIM_BATCH, RECENT_KEEP - 1)
+
+# KEYS: messages, index   ARGV: id, lo, hi
+_FIND = _LOCATE + """
+return locate(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+"""
+
+# KEYS: messages, index, recent, word keys...   ARGV: member, id, room_id, channel, publication
+_DELETE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('LREM', KEYS[3], 0, ARGV[1])
+local ref = ARGV[3] .. ':' .. ARGV[2]
+for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ref) end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+# Newest first, strictly before a cursor.  KEYS: messages, index
+# ARGV: cutoff, count, mode ('latest' | 'ms' | 'id'), value, lo, hi, id_ms
+_BEFORE = _LOCATE + """
+local zkey, hkey = KEYS[1], KEYS[2]
+local cutoff, count, mode, value = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+if mode == 'latest' then
+  return redis.call('ZRANGE', zkey, '+inf', cutoff, 'BYSCORE', 'REV', 'LIMIT', 0, count)
+elseif mode == 'ms' then
+  return redis.call('ZRANGE', zkey, '(' .. value, cutoff, 'BYSCORE', 'REV', 'LIMIT', 0, count)
+end
+local m = locate(zkey, hkey, value, ARGV[5], ARGV[6])
+if m then
+  local r = redis.call('ZRANK', zkey, m)
+  if r == 0 then return {} end
+  return reversed(redis.call('ZRANGE', zkey, math.max(0, r - count), r - 1))
+end
+local t = ARGV[7]
+local out = {}
+for _, c in ipairs(reversed(redis.call('ZRANGE', zkey, t, t, 'BYSCORE'))) do
+  if id_of(c) < value then out[#out + 1] = c end
+end
+for _, c in ipairs(redis.call('ZRANGE', zkey, '(' .. t, cutoff, 'BYSCORE', 'REV', 'LIMIT', 0, count)) do
+  out[#out + 1] = c
+end
+return out
+"""
+
+# Oldest first, strictly after a cursor.  Same KEYS/ARGV as _BEFORE (mode 'ms' | 'id').
+_AFTER = _LOCATE + """
+local zkey, hkey = KEYS[1], KEYS[2]
+local cutoff, count, mode, value = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+if mode == 'ms' then
+  return redis.call('ZRANGE', zkey, '(' .. value, '+inf', 'BYSCORE', 'LIMIT', 0, count)
+end
+local m = locate(zkey, hkey, value, ARGV[5], ARGV[6])
+if m then
+  local r = redis.call('ZRANK', zkey, m)
+  return redis.call('ZRANGE', zkey, r + 1, r + count)
+end
+local t = ARGV[7]
+local out = {}
+for _, c in ipairs(redis.call('ZRANGE', zkey, t, t, 'BYSCORE')) do
+  if id_of(c) > value then out[#out + 1] = c end
+end
+for _, c in ipairs(redis.call('ZRANGE', zkey, '(' .. t, '+inf', 'BYSCORE', 'LIMIT', 0, count)) do
+  out[#out + 1] = c
+end
+return out
+"""
+
+# KEYS: word keys   ARGV: min score ('(after' or cutoff), limit, room prefix or '', budget
+_SEARCH = """
+local driver, size = nil, nil
+for i, k in ipairs(KEYS) do
+  local n = redis.call('ZCARD', k)
+  if n == 0 then return {} end
+  if size == nil or n < size then driver, size = i, n end
+end
+local min, limit, prefix, budget = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local out, offset, scanned = {}, 0, 0
+while #out < limit and scanned < budget do
+  local refs = redis.call('ZRANGE', KEYS[driver], '+inf', min, 'BYSCORE', 'REV', 'LIMIT', offset, 200)
+  if #refs == 0 then break end
+  for _, ref in ipairs(refs) do
+    scanned = scanned + 1
+    local ok = prefix == '' or string.sub(ref, 1, #prefix) == prefix
+    if ok then
+      for i, k in ipairs(KEYS) do
+        if i ~= driver and not redis.call('ZSCORE', k, ref) then ok = false; break end
+      end
+    end
+    if ok then
+      out[#out + 1] = ref
+      if #out >= limit then break end
+    end
+  end
+  offset = offset + 200
+end
+return out
+"""
+
+# KEYS: inbox   ARGV: member, ts, cutoff, ttl, channel, publication
+_DM = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _decode(members: list[bytes], cutoff: int) -> list[Message]:
+    out = []
+    for member in members:
+        try:
+            message = Message.from_redis(orjson.loads(member))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a foreign entry in our key: skip it rather than fail the page
+        if message.ts >= cutoff:
+            out.append(message)
+    return out
+
+
+@dataclass(frozen=True)
+class Page:
+    messages: list[Message]
+    has_more: bool
+
+
+class History:
+    def __init__(self, redis: aioredis.Redis):
+        self.redis = redis
+        self._append = redis.register_script(_APPEND)
+        self._find = redis.register_script(_FIND)
+        self._delete = redis.register_script(_DELETE)
+        self._before = redis.register_script(_BEFORE)
+        self._after = redis.register_script(_AFTER)
+        self._search = redis.register_script(_SEARCH)
+        self._dm = redis.register_script(_DM)
+
+    @staticmethod
+    def cutoff(now_ms: int | None = None) -> int:
+        return (now_ms or _now_ms()) - MESSAGE_TTL_MS
+
+    @staticmethod
+    def member(message: Message) -> bytes:
+        return orjson.dumps(message.to_redis())
+
+    async def append(self, message: Message, *, public: bool, words: list[str], frame: bytes) -> None:
+        """Store, index, trim and publish one message, atomically."""
+        keys = [messages_key(message.room_id), index_key(message.room_id), RECENT_KEY]
+        keys += [word_key(w) for w in words] if public else []
+        args = [
+            self.member(message), message.id, message.ts, self.cutoff(), MESSAGE_TTL_MS,
+            message.room_id, "1" if public else "0", room_channel(message.room_id), publication(frame),
+        ]
+        await timed(self._append(keys=keys, args=args))
+
+    async def _locate(self, room_id: str, message_id: str) -> bytes | None:
+        at = ulid_ms(message_id)
+        member = await timed(self._find(
+            keys=[messages_key(room_id), index_key(room_id)],
+            args=[message_id, at - LEGACY_SKEW_MS, at + LEGACY_SKEW_MS],
+        ))
+        return member or None
+
+    async def find(self, room_id: str, message_id: str) -> Message | None:
+        member = await self._locate(room_id, message_id)
+        found = _decode([member], self.cutoff()) if member else []
+        return found[0] if found else None
+
+    async def delete(self, room_id: str, message_id: str, *, words: list[str], frame: bytes) -> Message | None:
+        """Remove a message from history, index, search and /stats; publish ``frame``."""
+        member = await self._locate(room_id, message_id)
+        if member is None:
+            return None
+        found = _decode([member], self.cutoff())
+        if not found:
+            return None
+        keys = [messages_key(room_id), index_key(room_id), RECENT_KEY] + [word_key(w) for w in words]
+        args = [member, found[0].id, room_id, room_channel(room_id), publication(frame)]
+        removed = await timed(self._delete(keys=keys, args=args))
+        return found[0] if removed else None
+
+    def _cursor_args(self, cursor: int | str | None, count: int, cutoff: int) -> list:
+        if cursor is None:
+            return [cutoff, count, "latest", "", 0, 0, 0]
+        if isinstance(cursor, int):
+            return [cutoff, count, "ms", cursor, 0, 0, 0]
+        at = ulid_ms(cursor)
+        return [cutoff, count, "id", cursor, at - LEGACY_SKEW_MS, at + LEGACY_SKEW_MS, at]
+
+    async def before(self, room_id: str, cursor: int | str | None, limit: int) -> Page:
+        """Up to ``limit`` messages strictly before ``cursor`` (ms or id), newest first."""
+        cutoff = self.cutoff()
+        members = await timed(self._before(
+            keys=[messages_key(room_id), index_key(room_id)],
+            args=self._cursor_args(cursor, limit + 1, cutoff),
+        ))
+        messages = _decode(members, cutoff)
+        return Page(messages[:limit], len(messages) > limit)
+
+    async def after(self, room_id: str, cursor: int | str, limit: int) -> list[Message]:
+        """Up to ``limit`` retained messages strictly after ``cursor``, oldest first."""
+        cutoff = self.cutoff()
+        if isinstance(cursor, int) and cursor < cutoff:
+            cursor = cutoff - 1
+        members = await timed(self._after(
+            keys=[messages_key(room_id), index_key(room_id)],
+            args=self._cursor_args(cursor, limit, cutoff),
+        ))
+        return _decode(members, cutoff)
+
+    async def search(self, words: list[str], *, room_id: str | None, after: int | None, limit: int) -> list[Message]:
+        cutoff = self.cutoff()
+        low = f"({after}" if after is not None and after >= cutoff else str(cutoff)
+        refs = await timed(self._search(
+            keys=[word_key(w) for w in words],
+            args=[low, limit, f"{room_id}:" if room_id else "", SEARCH_SCAN_BUDGET],
+        ))
+        hits = []
+        for ref in refs:
+            room, _, message_id = ref.decode().partition(":")
+            message = await self.find(room, message_id) if message_id else None
+            if message is not None:
+                hits.append(message)
+        hits.sort(key=lambda m: (m.ts, m.id), reverse=True)
+        return hits
+
+    async def recent(self) -> list[Message]:
+        members = await timed(self.redis.lrange(RECENT_KEY, 0, RECENT_KEEP - 1))
+        return _decode(members, self.cutoff())
+
+    async def add_dm(self, dm: DirectMessage, frame: bytes) -> None:
+        now = _now_ms()
+        await timed(self._dm(
+            keys=[inbox_key(dm.recipient)],
+            args=[orjson.dumps(dm.to_redis()), dm.ts, now - DM_TTL_MS, DM_TTL_MS,
+                  dm_channel(dm.recipient), publication(frame)],
+        ))
+
+    async def dms(self, agent_id: str, limit: int) -> list[DirectMessage]:
+        cutoff = _now_ms() - DM_TTL_MS
+        members = await timed(self.redis.zrange(
+            inbox_key(agent_id), "+inf", cutoff, desc=True, byscore=True, offset=0, num=limit
+        ))
+        out = []
+        for member in members:
+            try:
+                out.append(DirectMessage.from_redis(orjson.loads(member)))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+        return out
+
+    async def claim_nonce(self, agent_id: str, nonce: str) -> bool:
+        """Record a nonce as used; False when it already was (atomic: SET NX)."""
+        return bool(await timed(self.redis.set(f"nonce:{agent_id}:{nonce}", b"1", nx=True, ex=NONCE_TTL_S)))
+
+    async def ping(self) -> None:
+        await timed(self.redis.ping())

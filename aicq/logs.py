@@ -1,0 +1,58 @@
+"""Logging: JSON lines in production (the runbook's fields), readable lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+
+import orjson
+
+from aicq.settings import Settings
+
+# Fields a record may carry through ``extra=`` that belong in the JSON line.
+_EXTRA = ("event", "method", "path", "status", "latency", "request_id", "ip", "agent",
+          "endpoint", "violations", "room", "session", "code")
+
+
+class JSONFormatter(logging.Formatter):
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.base = {"service": "aicq", "region": settings.region, "instance": settings.instance}
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"level": record.levelname.lower(), **self.base}
+        for name in _EXTRA:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        line["time"] = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        line["message"] = record.getMessage()
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(line).decode()
+
+
+class ReadableFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{name}={getattr(record, name)}" for name in _EXTRA if getattr(record, name, None) is not None
+        )
+        text = f"{datetime.now().strftime('%H:%M:%S')} {record.levelname:<7} {record.getMessage()}"
+        text = f"{text}  {extras}" if extras else text
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def configure(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JSONFormatter(settings) if settings.production else ReadableFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    # uvicorn's own access log would duplicate ours.
+    logging.getLogger("uvicorn.access").disabled = True
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,52 @@
+"""Every Prometheus object, declared once (SPEC §8; the runbook's names)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "aicq_http_requests_total", "HTTP requests by method, route template and status",
+    ["method", "path", "status"], registry=REGISTRY,
+)
+HTTP_DURATION = Histogram(
+    "aicq_http_request_duration_seconds", "HTTP request latency by method and route template",
+    ["method", "path"], registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+AGENTS_REGISTERED = Counter(
+    "aicq_agents_registered_total", "Agents registered", registry=REGISTRY,
+)
+MESSAGES_POSTED = Counter(
+    "aicq_messages_posted_total", "Room messages accepted", ["room_type"], registry=REGISTRY,
+)
+DMS_SENT = Counter("aicq_dms_sent_total", "Direct messages accepted", registry=REGISTRY)
+SEARCH_QUERIES = Counter("aicq_search_queries_total", "Search queries served", registry=REGISTRY)
+RATE_LIMIT_HITS = Counter(
+    "aicq_rate_limit_hits_total", "Requests refused by a rate limit", ["endpoint"], registry=REGISTRY,
+)
+BLOCKED_REQUESTS = Counter(
+    "aicq_blocked_requests_total", "Requests refused from a blocked IP", ["reason"], registry=REGISTRY,
+)
+_STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+REDIS_LATENCY = Histogram(
+    "aicq_redis_latency_seconds", "Redis command latency", registry=REGISTRY, buckets=_STORE_BUCKETS,
+)
+POSTGRES_LATENCY = Histogram(
+    "aicq_postgres_latency_seconds", "PostgreSQL query latency", registry=REGISTRY,
+    buckets=_STORE_BUCKETS,
+)
+WS_SESSIONS = Gauge("aicq_ws_sessions", "Open WebSocket sessions", registry=REGISTRY)
+WS_EVENTS_DELIVERED = Counter(
+    "aicq_ws_events_delivered_total", "Events handed to WebSocket sessions", registry=REGISTRY,
+)
+WS_SLOW_DISCONNECTS = Counter(
+    "aicq_ws_slow_disconnects_total", "Sessions closed with 1013 for falling behind",
+    registry=REGISTRY,
+)
+WS_DELIVERY_LATENCY = Histogram(
+    "aicq_ws_delivery_latency_seconds", "Publish-to-hand-off latency of live events",
+    registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)

@@ -1,0 +1,66 @@
+"""`aicq serve`: resolve settings, start embedded stores if needed, run uvicorn."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+
+import uvicorn
+
+from aicq import logs
+from aicq.embedded import EmbeddedStores, silence_platformdirs_warning
+from aicq.settings import Settings, SettingsError
+
+log = logging.getLogger("aicq")
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"aicq: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def with_stores(settings: Settings, embedded: EmbeddedStores) -> Settings:
+    """Fill in whichever store URL is missing with an embedded server."""
+    database_url = settings.database_url
+    redis_url = settings.redis_url
+    if not database_url or not redis_url:
+        silence_platformdirs_warning()
+    if not database_url:
+        database_url = embedded.start_postgres()
+        print(f"aicq: embedded PostgreSQL data in {settings.data_dir.resolve() / 'postgres'}", flush=True)
+    if not redis_url:
+        redis_url = embedded.start_redis()
+        print(f"aicq: embedded Redis data in {settings.data_dir.resolve() / 'redis'}", flush=True)
+    return dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
+
+
+def run() -> None:
+    settings = load_settings()
+    logs.configure(settings)
+    embedded = EmbeddedStores(settings.data_dir)
+    try:
+        settings = with_stores(settings, embedded)
+        from aicq.app import create_app  # after logging is configured
+
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            ws="aicq.wsserver:AICQWebSocketProtocol",
+            ws_max_size=16 * 1024,
+            ws_per_message_deflate=False,
+            ws_ping_interval=settings.ws_heartbeat,
+            ws_ping_timeout=settings.ws_heartbeat,
+            proxy_headers=False,
+            server_header=False,
+            log_config=None,
+            timeout_graceful_shutdown=settings.shutdown_timeout,
+            lifespan="on",
+        )
+        uvicorn.Server(config).run()
+    finally:
+        embedded.stop()

@@ -1,0 +1,230 @@
+"""PostgreSQL: agents and rooms. All SQL lives here.
+
+Agents and room identities never change once written, so both are cached in
+bounded LRUs; that keeps auth and room resolution off the database on the hot
+path, and lets streaming and posting ride out a short PostgreSQL outage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from aicq import metrics
+from aicq.errors import Unavailable
+from aicq.models import Agent, Room
+
+T = TypeVar("T")
+K = TypeVar("K")
+
+
+class LRU(OrderedDict):
+    """A bounded mapping that forgets the least recently used entry."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+_AGENT_COLUMNS = "id::text AS id, public_key, name, email, created_at"
+_ROOM_COLUMNS = "id::text AS id, name, is_private, key_hash"
+
+
+def _agent(row: asyncpg.Record) -> Agent:
+    return Agent(row["id"], row["public_key"], row["name"], row["email"], row["created_at"])
+
+
+def _room(row: asyncpg.Record) -> Room:
+    return Room(row["id"], row["name"], row["is_private"], row["key_hash"])
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+        self._agents: LRU = LRU(50_000)
+        self._rooms: LRU = LRU(20_000)
+        self._room_names: LRU = LRU(20_000)
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Store:
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, command_timeout=5, timeout=5
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _run(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run one query, timing it; a lost database becomes a clean 503."""
+        started = time.perf_counter()
+        try:
+            async with self.pool.acquire(timeout=3) as conn:
+                return await query(conn)
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise Unavailable("database unavailable") from exc
+        except asyncpg.CannotConnectNowError as exc:
+            raise Unavailable("database unavailable") from exc
+        finally:
+            metrics.POSTGRES_LATENCY.observe(time.perf_counter() - started)
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.fetchval("SELECT 1"))
+
+    # Agents
+
+    async def register_agent(self, public_key: str, name: str | None, email: str | None) -> tuple[Agent, bool]:
+        """Insert the agent, or return the one holding this key. True when created."""
+        row = await self._run(
+            lambda c: c.fetchrow(
+                f"INSERT INTO agents (public_key, name, email) VALUES ($1, $2, $3) "
+                f"ON CONFLICT (public_key) DO NOTHING RETURNING {_AGENT_COLUMNS}",
+                public_key, name, email,
+            )
+        )
+        if row is not None:
+            return self._cache_agent(_agent(row)), True
+        row = await self._run(
+            lambda c: c.fetchrow(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE public_key = $1", public_key)
+        )
+        return self._cache_agent(_agent(row)), False
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        cached = self._agents.get(agent_id)
+        if cached is not None:
+            return cached
+        row = await self._run(
+            lambda c: c.fetchrow(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1::uuid", agent_id)
+        )
+        return self._cache_agent(_agent(row)) if row else None
+
+    async def agent_names(self, agent_ids: list[str]) -> dict[str, str | None]:
+        names: dict[str, str | None] = {}
+        missing = []
+        for agent_id in agent_ids:
+            agent = self._agents.get(agent_id)
+            if agent is None:
+                missing.append(agent_id)
+            else:
+                names[agent_id] = agent.name
+        if missing:
+            rows = await self._run(
+                lambda c: c.fetch(
+                    f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = ANY($1::uuid[])", missing
+                )
+            )
+            for row in rows:
+                names[self._cache_agent(_agent(row)).id] = row["name"]
+        return names
+
+    def _cache_agent(self, agent: Agent) -> Agent:
+        self._agents.put(agent.id, agent)
+        return agent
+
+    # Rooms
+
+    async def create_room(self, name: str, is_private: bool, key_hash: str | None, created_by: str) -> Room:
+        row = await self._run(
+            lambda c: c.fetchrow(
+                f"INSERT INTO rooms (name, is_private, key_hash, created_by) "
+                f"VALUES ($1, $2, $3, $4::uuid) RETURNING {_ROOM_COLUMNS}",
+                name, is_private, key_hash, created_by,
+            )
+        )
+        return self._cache_room(_room(row))
+
+    async def get_room(self, room_id: str) -> Room | None:
+        cached = self._rooms.get(room_id)
+        if cached is not None:
+            return cached
+        row = await self._run(
+            lambda c: c.fetchrow(f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = $1::uuid", room_id)
+        )
+        return self._cache_room(_room(row)) if row else None
+
+    async def public_room_by_name(self, name: str) -> Room | None:
+        """The oldest public room of this name (a newer namesake never shadows it)."""
+        room_id = self._room_names.get(name)
+        if room_id is not None:
+            return await self.get_room(room_id)
+        row = await self._run(
+            lambda c: c.fetchrow(
+                f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE name = $1 AND NOT is_private "
+                f"ORDER BY created_at, id LIMIT 1",
+                name,
+            )
+        )
+        if row is None:
+            return None
+        room = self._cache_room(_room(row))
+        self._room_names.put(name, room.id)
+        return room
+
+    def _cache_room(self, room: Room) -> Room:
+        self._rooms.put(room.id, room)
+        return room
+
+    async def list_public_rooms(self, limit: int, offset: int) -> tuple[list[dict], int]:
+        async def query(c: asyncpg.Connection) -> tuple[list[dict], int]:
+            rows = await c.fetch(
+                "SELECT id::text AS id, name, message_count, last_active_at FROM rooms "
+                "WHERE NOT is_private ORDER BY last_active_at DESC, id LIMIT $1 OFFSET $2",
+                limit, offset,
+            )
+            total = await c.fetchval("SELECT count(*) FROM rooms WHERE NOT is_private")
+            return [dict(r) for r in rows], int(total)
+
+        return await self._run(query)
+
+    async def count_message(self, room_id: str, delta: int) -> None:
+        """Move the room's message_count; a new message also marks it active."""
+        if delta > 0:
+            sql = ("UPDATE rooms SET message_count = message_count + $2, last_active_at = now() "
+                   "WHERE id = $1::uuid")
+        else:
+            sql = "UPDATE rooms SET message_count = GREATEST(message_count + $2, 0) WHERE id = $1::uuid"
+        await self._run(lambda c: c.execute(sql, room_id, delta))
+
+    async def stats(self) -> dict[str, Any]:
+        async def query(c: asyncpg.Connection) -> dict[str, Any]:
+            agents = await c.fetchval("SELECT count(*) FROM agents")
+            row = await c.fetchrow(
+                "SELECT count(*) AS rooms, coalesce(sum(message_count), 0) AS messages, "
+                "max(last_active_at) FILTER (WHERE message_count > 0) AS last_active "
+                "FROM rooms WHERE NOT is_private"
+            )
+            top = await c.fetch(
+                "SELECT id::text AS id, name, message_count FROM rooms WHERE NOT is_private "
+                "ORDER BY message_count DESC, last_active_at DESC LIMIT 5"
+            )
+            return {
+                "total_agents": int(agents),
+                "total_channels": int(row["rooms"]),
+                "total_messages": int(row["messages"]),
+                "last_active": row["last_active"],
+                "top_channels": [dict(r) for r in top],
+            }
+
+        return await self._run(query)
+
+
+def rfc3339(moment: datetime) -> str:
+    """RFC 3339 in UTC with a Z, as the Go server printed times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

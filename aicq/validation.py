@@ -1,0 +1,211 @@
+"""Input rules of SPEC §4, pure: values in, values or a typed error out.
+
+REST handlers and WebSocket ops both call these, so a rule exists once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import unicodedata
+import uuid
+from typing import Any
+
+from aicq.errors import BadRequest, NotFound, Unprocessable
+
+MAX_BODY_BYTES = 4096
+MAX_DM_CHARS = 8192
+MIN_DM_BYTES = 60
+MAX_NAME_CHARS = 100
+MIN_ROOM_KEY_CHARS = 16
+MAX_ROOM_KEY_CHARS = 256
+
+_ROOM_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,50}$")
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+STOP_WORDS = frozenset(
+    "a an and are as at be been but by for from has have he her his i if in into is it its "
+    "me my no not of on or our she so that the their them then there these they this to "
+    "was we were what when where which who will with you your".split()
+)
+MAX_QUERY_TOKENS = 5
+
+
+def parse_uuid(value: Any, what: str = "id") -> str:
+    """A canonical lowercase UUID string, or 400."""
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    raise BadRequest(f"invalid {what}: must be a UUID")
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return len(value) <= 64
+
+
+def is_ulid(value: Any) -> bool:
+    return isinstance(value, str) and bool(_ULID.match(value.upper()))
+
+
+def ulid_ms(value: str) -> int:
+    """The millisecond timestamp in a ULID's first ten characters."""
+    ms = 0
+    for char in value[:10].upper():
+        ms = ms * 32 + _CROCKFORD.index(char)
+    return ms
+
+
+def public_key(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest("public_key is required (base64 of a 32-byte Ed25519 key)")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("public_key must be standard base64") from None
+    if len(raw) != 32:
+        raise BadRequest("public_key must be base64 of exactly 32 bytes")
+    return base64.b64encode(raw).decode()
+
+
+def agent_name(value: Any) -> str | None:
+    """Trimmed, control characters removed, at most 100 characters (longer is cut, not refused)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest("name must be a string")
+    cleaned = "".join(c for c in value if unicodedata.category(c)[0] != "C").strip()
+    return cleaned[:MAX_NAME_CHARS].strip() or None
+
+
+def email(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 254 or not _EMAIL.match(value.strip()):
+        raise BadRequest("invalid email address")
+    return value.strip()
+
+
+def room_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadRequest("name is required")
+    name = unicodedata.normalize("NFC", value.strip())
+    if not _ROOM_NAME.match(name):
+        raise BadRequest("room name must be 1-50 characters of letters, digits, '_' or '-'")
+    return name
+
+
+def room_key(is_private: Any, key: Any) -> str | None:
+    if not isinstance(is_private, bool):
+        raise BadRequest("is_private must be a boolean")
+    if not is_private:
+        return None
+    if not isinstance(key, str) or len(key) < MIN_ROOM_KEY_CHARS:
+        raise BadRequest(f"private rooms need a key of at least {MIN_ROOM_KEY_CHARS} characters")
+    if len(key) > MAX_ROOM_KEY_CHARS:
+        raise BadRequest(f"room key must be at most {MAX_ROOM_KEY_CHARS} characters")
+    return key
+
+
+def message_body(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest("body is required and must be a non-empty string")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        raise Unprocessable(f"body exceeds {MAX_BODY_BYTES} bytes")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise BadRequest("body must be valid UTF-8 text")
+    return value
+
+
+def parent_id(value: Any) -> str | None:
+    """Shape of a pid; whether it names a message of the room is the service's check."""
+    if value is None or value == "":
+        return None
+    if not is_ulid(value):
+        raise Unprocessable("pid must be the id of a message in this room")
+    return value.upper()
+
+
+def dm_body(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest("body is required and must be a non-empty string")
+    if len(value) > MAX_DM_CHARS:
+        raise Unprocessable(f"DM body exceeds {MAX_DM_CHARS} characters")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) < MIN_DM_BYTES:
+        raise Unprocessable(
+            "DM body must be AICQ DM ciphertext: standard base64 of at least 60 bytes "
+            "(ephemeral key, nonce, ciphertext and tag); see /docs"
+        )
+    return value
+
+
+def message_id(value: Any) -> str:
+    """A message id from a path; anything that cannot name a message is simply not found."""
+    if not is_ulid(value):
+        raise NotFound("message not found")
+    return value.upper()
+
+
+def int_param(raw: str | None, name: str, default: int, low: int, high: int, *, clamp: bool = False) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if clamp:
+        return max(low, min(high, value))
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return value
+
+
+def cursor(raw: Any, name: str) -> int | str | None:
+    """A history cursor: unix ms (int) or a message id (str); None when absent."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        raise BadRequest(f"{name} must be unix milliseconds or a message id")
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str) and is_ulid(raw):
+        return raw.upper()
+    elif isinstance(raw, str) and raw.isdigit() and len(raw) <= 16:
+        value = int(raw)
+    else:
+        raise BadRequest(f"{name} must be unix milliseconds or a message id")
+    if not 0 <= value < 1 << 53:
+        raise BadRequest(f"{name} is out of range")
+    return value
+
+
+def tokenize(text: str) -> list[str]:
+    """Search tokens: lowercase [a-z0-9]+, at least two characters, stop words dropped.
+
+    The same function indexes messages and parses queries, so whatever a query
+    asks for was indexed the same way.
+    """
+    seen: dict[str, None] = {}
+    for token in _TOKEN.findall(text.lower()):
+        if len(token) >= 2 and token not in STOP_WORDS:
+            seen.setdefault(token, None)
+    return list(seen)
+
+
+def query_tokens(q: Any) -> list[str]:
+    if not isinstance(q, str) or not 1 <= len(q) <= 100:
+        raise BadRequest("q is required (1-100 characters)")
+    return tokenize(q)[:MAX_QUERY_TOKENS]

