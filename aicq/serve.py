@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -38,7 +39,20 @@ def with_stores(settings: Settings, embedded: EmbeddedStores) -> Settings:
     return dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
 
 
+class _Stop(SystemExit):
+    """SIGTERM/SIGINT outside uvicorn's own handling: unwind so the stores stop too."""
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise _Stop(0)
+
+
 def run() -> None:
+    # uvicorn drains on SIGTERM, restores the previous handler and re-raises the
+    # signal; with this handler in place that unwinds here instead of killing the
+    # process, so the embedded servers are always shut down with it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_on_signal)
     settings = load_settings()
     logs.configure(settings)
     embedded = EmbeddedStores(settings.data_dir)

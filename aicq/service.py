@@ -142,7 +142,7 @@ class ChatService:
         room = None
         if validation.is_uuid(ref):
             room = await self.store.get_room(validation.parse_uuid(ref))
-        elif isinstance(ref, str) and 0 < len(ref) <= 50:
+        elif validation.looks_like_room_name(ref):
             room = await self.store.public_room_by_name(ref)
         if room is None:
             raise NotFound("room not found")

@@ -104,6 +104,10 @@ def room_name(value: Any) -> str:
     return name
 
 
+def looks_like_room_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(_ROOM_NAME.match(value))
+
+
 def room_key(is_private: Any, key: Any) -> str | None:
     if not isinstance(is_private, bool):
         raise BadRequest("is_private must be a boolean")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import secrets
 import signal
@@ -122,7 +123,7 @@ class Agent:
 
     async def request(self, http: httpx.AsyncClient, method: str, path: str, data: Any = None,
                       headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
-        body = orjson.dumps(data) if data is not None else b""
+        body = json.dumps(data, ensure_ascii=False).encode() if data is not None else b""
         return await http.request(method, path, content=body or None,
                                   headers={**self.headers(body), **(headers or {})}, **kwargs)
 

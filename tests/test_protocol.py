@@ -1,0 +1,65 @@
+"""WebSocket frames, pure: parse client ops, encode server frames (SPEC §6)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from aicq import protocol
+from aicq.fanout import parse_publication
+from aicq.history import publication
+from aicq.models import DirectMessage, Message
+from aicq.wsserver import text_frame
+
+
+def test_parse_op_with_ref_and_args() -> None:
+    op = protocol.parse('{"op": "subscribe", "room": "global", "since": 5, "ref": "r1"}')
+    assert op == protocol.Op("subscribe", "r1", {"room": "global", "since": 5})
+
+
+@pytest.mark.parametrize("frame, ref", [
+    ("not json", None), ("[1, 2]", None), ('{"op": "fly", "ref": 7}', 7), ('{"ref": "x"}', "x"),
+    ('{"op": 3}', None), ('"op"', None), ("", None),
+])
+def test_bad_frames_raise_with_the_ref_when_readable(frame: str, ref: object) -> None:
+    with pytest.raises(protocol.FrameError) as caught:
+        protocol.parse(frame)
+    assert caught.value.status == 400 and caught.value.ref == ref
+
+
+@pytest.mark.parametrize("ref", [{"a": 1}, [1], "x" * 65, 2**60, True])
+def test_unusable_refs_are_refused(ref: object) -> None:
+    with pytest.raises(protocol.FrameError):
+        protocol.parse(orjson.dumps({"op": "ping", "ref": ref}))
+
+
+def test_server_frames() -> None:
+    assert orjson.loads(protocol.error("r", 429, "rate limit exceeded")) == {
+        "type": "error", "ref": "r", "code": 429, "error": "rate limit exceeded"}
+    assert orjson.loads(protocol.pong(None, 12)) == {"type": "pong", "ref": None, "server_time": 12}
+    hello = orjson.loads(protocol.hello("s", None, 20.0, "i"))
+    assert hello == {"type": "hello", "version": 1, "session": "s", "agent": None, "heartbeat": 20.0, "instance": "i"}
+
+
+def test_message_event_omits_empty_pid_and_keeps_field_order() -> None:
+    message = Message("01ARZ3NDEKTSV4RRFFQ69G5FAV", "room", "agent", "hi", 1, None)
+    event = orjson.loads(protocol.message_event(message))
+    assert event == {"type": "message", "room": "room", "msg": {"id": message.id, "from": "agent", "body": "hi", "ts": 1}}
+    assert list(message.to_redis()) == ["id", "room_id", "from", "body", "ts"]
+    reply = Message("01ARZ3NDEKTSV4RRFFQ69G5FAW", "room", "agent", "re", 2, message.id)
+    assert list(reply.to_redis()) == ["id", "room_id", "from", "body", "pid", "ts"]
+
+
+def test_publication_round_trip_builds_the_frame_once() -> None:
+    dm = DirectMessage("01ARZ3NDEKTSV4RRFFQ69G5FAV", "a", "b", "c2VjcmV0", 9)
+    payload = protocol.dm_event(dm)
+    published, event = parse_publication(publication(payload))
+    assert published > 0 and event.kind == "dm" and event.id == dm.id and event.ts == 9
+    assert event.frame == text_frame(payload)
+    assert parse_publication(b"1.0|{broken") is None
+
+
+def test_text_frame_lengths() -> None:
+    assert text_frame(b"x")[:2] == b"\x81\x01"
+    assert text_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
+    assert text_frame(b"x" * 70000)[:2] == b"\x81\x7f"
