@@ -223,7 +223,8 @@ class Session:
                 sent.add(message.id)
                 self.socket.send(protocol.message_event(message))
             if not await self.socket.drain(REPLAY_DRAIN_TIMEOUT_S):
-                self.too_slow()
+                if self.socket.open:  # still connected, just not reading
+                    self.too_slow()
                 break
         return sent, recovered
 
