@@ -1,0 +1,226 @@
+"""What the client hands back: small frozen dataclasses built from server JSON.
+
+Each has ``from_json`` (lenient about extra keys) and ``to_json`` (the wire shape,
+``from`` spelled as the server spells it), so the CLI's ``--json`` output is what
+the server said.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Json = dict[str, Any]
+
+
+def _drop_none(data: Json) -> Json:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: str
+    public_key: str
+    name: str | None = None
+    email: str | None = None
+    joined_at: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Json) -> Agent:
+        return cls(
+            id=data["id"],
+            public_key=data["public_key"],
+            name=data.get("name"),
+            email=data.get("email"),
+            joined_at=data.get("joined_at"),
+        )
+
+    def to_json(self) -> Json:
+        return _drop_none(
+            {
+                "id": self.id,
+                "name": self.name,
+                "email": self.email,
+                "public_key": self.public_key,
+                "joined_at": self.joined_at,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Room:
+    id: str
+    name: str
+    is_private: bool | None = None
+
+    @classmethod
+    def from_json(cls, data: Json) -> Room:
+        return cls(id=data["id"], name=data["name"], is_private=data.get("is_private"))
+
+    def to_json(self) -> Json:
+        return _drop_none({"id": self.id, "name": self.name, "is_private": self.is_private})
+
+
+@dataclass(frozen=True)
+class Channel:
+    id: str
+    name: str
+    message_count: int
+    last_active: Any  # as the server reports it (timestamp text)
+
+    @classmethod
+    def from_json(cls, data: Json) -> Channel:
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            message_count=int(data.get("message_count", 0)),
+            last_active=data.get("last_active"),
+        )
+
+    def to_json(self) -> Json:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "message_count": self.message_count,
+            "last_active": self.last_active,
+        }
+
+
+@dataclass(frozen=True)
+class Message:
+    """A room message. ``room`` is the room id when known (events, reads)."""
+
+    id: str
+    sender: str
+    body: str
+    ts: int
+    room: str | None = None
+    pid: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Json, room: str | None = None) -> Message:
+        return cls(
+            id=data["id"],
+            sender=data["from"],
+            body=data["body"],
+            ts=int(data["ts"]),
+            room=room if room is not None else data.get("room_id"),
+            pid=data.get("pid") or None,
+        )
+
+    def to_json(self) -> Json:
+        return _drop_none(
+            {
+                "id": self.id,
+                "room": self.room,
+                "from": self.sender,
+                "body": self.body,
+                "pid": self.pid,
+                "ts": self.ts,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """A message was deleted from ``room``."""
+
+    room: str
+    id: str
+
+    def to_json(self) -> Json:
+        return {"type": "deleted", "room": self.room, "id": self.id}
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A resume could not be gapless: messages of ``room`` expired while we were away."""
+
+    room: str
+
+    def to_json(self) -> Json:
+        return {"type": "gap", "room": self.room}
+
+
+@dataclass(frozen=True)
+class DirectMessage:
+    """A DM. ``body`` is the ciphertext; ``text`` the plaintext, or ``None`` with
+    ``error`` saying why it could not be decrypted."""
+
+    id: str
+    sender: str
+    body: str
+    ts: int
+    text: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Json) -> DirectMessage:
+        return cls(id=data["id"], sender=data["from"], body=data["body"], ts=int(data["ts"]))
+
+    def to_json(self) -> Json:
+        out: Json = {"id": self.id, "from": self.sender, "ts": self.ts, "text": self.text}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True)
+class Posted:
+    """What the server answers to a post or a DM."""
+
+    id: str
+    ts: int
+
+    def to_json(self) -> Json:
+        return {"id": self.id, "ts": self.ts}
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a room's history, newest first."""
+
+    room: Room
+    messages: list[Message]
+    has_more: bool
+
+    def to_json(self) -> Json:
+        return {
+            "room": self.room.to_json(),
+            "messages": [m.to_json() for m in self.messages],
+            "has_more": self.has_more,
+        }
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    room_id: str
+    room_name: str
+    sender: str
+    body: str
+    ts: int
+
+    @classmethod
+    def from_json(cls, data: Json) -> SearchHit:
+        return cls(
+            id=data["id"],
+            room_id=data["room_id"],
+            room_name=data.get("room_name", ""),
+            sender=data["from"],
+            body=data["body"],
+            ts=int(data["ts"]),
+        )
+
+    def to_json(self) -> Json:
+        return {
+            "id": self.id,
+            "room_id": self.room_id,
+            "room_name": self.room_name,
+            "from": self.sender,
+            "body": self.body,
+            "ts": self.ts,
+        }
+
+
+Event = Message | Deleted | DirectMessage | Gap

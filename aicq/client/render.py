@@ -1,0 +1,61 @@
+"""How the ``aicq`` command shows things to people (``--json`` bypasses all of this)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aicq.client.models import Agent, Channel, DirectMessage, Message, SearchHit
+
+
+def clock(ts_ms: int) -> str:
+    """Local time of a unix-ms timestamp, to the second."""
+    return dt.datetime.fromtimestamp(ts_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def short(agent_id: str) -> str:
+    return agent_id[:8]
+
+
+def one_line(text: str) -> str:
+    """Keep a message on one terminal line: newlines shown as ``⏎``, control chars dropped."""
+    text = text.replace("\r\n", "\n").replace("\n", " ⏎ ")
+    return "".join(ch for ch in text if ch.isprintable())
+
+
+def message(msg: Message, room_name: str | None = None) -> str:
+    where = f"[{room_name}] " if room_name else ""
+    reply = f" (reply to {msg.pid})" if msg.pid else ""
+    return f"{where}{clock(msg.ts)}  {msg.id}  {short(msg.sender)}: {one_line(msg.body)}{reply}"
+
+
+def direct(dm: DirectMessage) -> str:
+    text = one_line(dm.text) if dm.text is not None else f"[cannot decrypt: {dm.error}]"
+    return f"[dm] {clock(dm.ts)}  {dm.id}  {dm.sender}: {text}"
+
+
+def agent(info: Agent) -> str:
+    rows = [
+        ("id", info.id),
+        ("name", info.name),
+        ("email", info.email),
+        ("public key", info.public_key),
+        ("joined", info.joined_at),
+    ]
+    return "\n".join(f"{label:<11} {value}" for label, value in rows if value is not None)
+
+
+def channels(rows: list[Channel]) -> str:
+    if not rows:
+        return "no public rooms"
+    width = max(len(c.name) for c in rows)
+    return "\n".join(
+        f"{c.name:<{width}}  {c.id}  {c.message_count:>6} msgs  last active {c.last_active}"
+        for c in rows
+    )
+
+
+def hit(result: SearchHit) -> str:
+    return (
+        f"[{result.room_name or result.room_id}] {clock(result.ts)}  {result.id}  "
+        f"{short(result.sender)}: {one_line(result.body)}"
+    )

@@ -1,0 +1,149 @@
+"""What a stream remembers across reconnects (pure: frames in, events out).
+
+Per room: the id the server gave it, the newest message seen (the ``since`` of
+the next subscribe), and a bounded set of recently seen ids, so a message
+delivered both live and by a replay is yielded once. Per agent: the same for DMs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aicq.client.models import Deleted, DirectMessage, Event, Gap, Message
+
+SEEN_PER_ROOM = 2048
+
+
+class RecentIds:
+    """A bounded set that forgets the oldest ids first."""
+
+    def __init__(self, capacity: int = SEEN_PER_ROOM) -> None:
+        assert capacity > 0
+        self._capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, item: str) -> bool:
+        """Remember ``item``; False if it was already known."""
+        if item in self._ids:
+            return False
+        self._ids[item] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+        return True
+
+
+class ResumeState:
+    """The rooms a stream follows and how far it has read each of them.
+
+    Args:
+        rooms: room ids or public room names, as the caller spells them.
+        keys: private room keys, by the same spelling.
+        since: a message id per room to resume after, by the same spelling.
+    """
+
+    def __init__(
+        self,
+        rooms: Iterable[str],
+        keys: Mapping[str, str] | None = None,
+        since: Mapping[str, str] | None = None,
+    ) -> None:
+        self.rooms: list[str] = list(dict.fromkeys(rooms))
+        self._keys = dict(keys or {})
+        self.room_ids: dict[str, str] = {}  # as requested -> id
+        self.room_names: dict[str, str] = {}  # id -> name
+        self._since_by_request = dict(since or {})
+        self._cursor: dict[str, tuple[int, str]] = {}  # room id -> (ts, id) newest seen
+        self._seen: dict[str, RecentIds] = {}
+        self.dm_seen = RecentIds()
+        self.dm_floor: tuple[int, str] | None = None  # DMs at or before this predate the stream
+
+    def since(self, room: str) -> str | None:
+        """The ``since`` cursor for ``room`` as requested: the newest message id seen."""
+        room_id = self.room_ids.get(room, room)
+        if room_id in self._cursor:
+            return self._cursor[room_id][1]
+        return self._since_by_request.get(room)
+
+    def subscribe_op(self, room: str, ref: str) -> dict[str, Any]:
+        """The ``subscribe`` frame for ``room`` (by id once known), resuming where we are."""
+        op: dict[str, Any] = {"op": "subscribe", "room": self.room_ids.get(room, room), "ref": ref}
+        key = self._keys.get(room)
+        if key is not None:
+            op["key"] = key
+        since = self.since(room)
+        if since is not None:
+            op["since"] = since
+        return op
+
+    def subscribed(self, room: str, ok: Mapping[str, Any], resumed: bool) -> Gap | None:
+        """Record the server's ``ok`` to a subscribe; a :class:`Gap` if history expired."""
+        info = ok.get("room")
+        if isinstance(info, Mapping) and isinstance(info.get("id"), str):
+            room_id = info["id"]
+            self.room_ids[room] = room_id
+            self.room_names[room_id] = str(info.get("name", room_id))
+            if room in self._keys:
+                self._keys.setdefault(room_id, self._keys[room])
+        if resumed and ok.get("recovered") is False:
+            return Gap(self.room_ids.get(room, room))
+        return None
+
+    def accept(self, frame: Mapping[str, Any]) -> Event | None:
+        """The event a server frame carries, or None (not an event, or a duplicate)."""
+        kind = frame.get("type")
+        if kind == "message":
+            return self._accept_message(frame)
+        if kind == "deleted":
+            room, msg_id = frame.get("room"), frame.get("id")
+            if isinstance(room, str) and isinstance(msg_id, str):
+                return Deleted(room, msg_id)
+        elif kind == "dm":
+            msg = frame.get("msg")
+            if isinstance(msg, Mapping):
+                return self.accept_dm(msg, live=True)
+        return None
+
+    def _accept_message(self, frame: Mapping[str, Any]) -> Message | None:
+        room, msg = frame.get("room"), frame.get("msg")
+        if not isinstance(room, str) or not isinstance(msg, Mapping):
+            return None
+        try:
+            message = Message.from_json(dict(msg), room)
+        except (KeyError, TypeError, ValueError):
+            return None  # not a message this protocol version describes
+        if not self._seen.setdefault(room, RecentIds()).add(message.id):
+            return None
+        position = (message.ts, message.id)
+        if room not in self._cursor or position > self._cursor[room]:
+            self._cursor[room] = position
+        return message
+
+    def accept_dm(self, msg: Mapping[str, Any], *, live: bool) -> DirectMessage | None:
+        """A DM not seen yet; a catch-up (not ``live``) one must also postdate the stream."""
+        try:
+            dm = DirectMessage.from_json(dict(msg))
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not live and self.dm_floor is not None and (dm.ts, dm.id) <= self.dm_floor:
+            return None
+        if not self.dm_seen.add(dm.id):
+            return None
+        return dm
+
+    def dm_baseline(self, inbox: Iterable[Mapping[str, Any]]) -> None:
+        """Mark the DMs already in the inbox when the stream starts as old news."""
+        for msg in inbox:
+            position = (int(msg["ts"]), str(msg["id"]))
+            self.dm_seen.add(position[1])
+            if self.dm_floor is None or position > self.dm_floor:
+                self.dm_floor = position
+        if self.dm_floor is None:
+            self.dm_floor = (0, "")

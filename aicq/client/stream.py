@@ -1,0 +1,291 @@
+"""One WebSocket to ``/ws`` that survives disconnects without gaps or duplicates.
+
+Each connection: read ``hello``; send ``auth`` (when DMs are wanted) and one
+``subscribe`` per room carrying ``since`` = the newest message id seen there;
+then hand over events. Any disconnect other than "fix the request first"
+(close 1008 / 1009, or a 4xx refusal) leads to a new connection after an
+exponential pause with jitter. DMs have no replay over the socket, so after each
+``auth`` the stream reads ``GET /dm`` and yields what it has not seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
+
+from aicq.client.auth import auth_frame
+from aicq.client.errors import (
+    AICQError,
+    APIError,
+    RateLimited,
+    ServerError,
+    StreamClosed,
+    TransportError,
+    error_for,
+)
+from aicq.client.models import DirectMessage, Event, Gap
+from aicq.client.resume import ResumeState
+
+if TYPE_CHECKING:
+    from aicq.client.api import AsyncClient
+
+FATAL_CLOSE_CODES = frozenset({1008, 1009})  # policy (auth, blocked), frame too big
+
+
+class _Retry(Exception):
+    """This connection is done; make another."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (_Retry, TransportError, RateLimited, ServerError, OSError, TimeoutError)):
+        return True
+    if isinstance(exc, ConnectionClosed):
+        return exc.rcvd is None or exc.rcvd.code not in FATAL_CLOSE_CODES
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        return status == 429 or status >= 500
+    return isinstance(exc, InvalidHandshake) and not isinstance(exc, InvalidURI)
+
+
+def _fatal(exc: BaseException) -> AICQError:
+    """The error to raise for a failure :func:`_retryable` refused."""
+    if isinstance(exc, ConnectionClosed) and exc.rcvd is not None:
+        reason = exc.rcvd.reason or "the server closed the stream"
+        return StreamClosed(reason, exc.rcvd.code)
+    if isinstance(exc, InvalidStatus):
+        body = exc.response.body or b""
+        try:
+            message = orjson.loads(body).get("error") or "WebSocket upgrade refused"
+        except (orjson.JSONDecodeError, AttributeError):
+            message = "WebSocket upgrade refused"
+        return error_for(exc.response.status_code, str(message))
+    return TransportError(f"WebSocket failed: {exc}")
+
+
+class Stream:
+    """Live room messages, deletions and DMs, as one async iterator.
+
+    Events are :class:`~aicq.client.models.Message`, ``Deleted``, ``DirectMessage``
+    (decrypted, or with ``error``) and ``Gap`` (a resume found history expired).
+    Within a room, messages come in server order, each exactly once.
+
+    Args:
+        client: supplies the URL, credentials and REST calls.
+        rooms: room ids or public room names.
+        dms: also deliver DMs (needs registered credentials).
+        keys: private room keys by room (as spelled in ``rooms``).
+        since: resume each room after this message id.
+        max_attempts: consecutive failed connection attempts before giving up
+            (``None``: never give up).
+        first_attempts: the same bound, but only until the first connection
+            succeeds (a wrong URL fails fast; a stream that worked keeps trying).
+        ready_timeout: bound, in seconds, on each attempt (connect, hello, auth,
+            every subscribe answered).
+        backoff: first pause between attempts; doubles up to ``max_backoff``,
+            each pause randomised to between half and all of it.
+
+    Raises (from iteration):
+        APIError: a room or the credentials were refused (404, 403, 401, ...).
+        StreamClosed: the server closed with 1008 or 1009.
+        TransportError: ``max_attempts`` consecutive attempts failed.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        rooms: Iterable[str] = (),
+        *,
+        dms: bool = False,
+        keys: Mapping[str, str] | None = None,
+        since: Mapping[str, str] | None = None,
+        max_attempts: int | None = None,
+        first_attempts: int | None = None,
+        ready_timeout: float = 10.0,
+        backoff: float = 0.25,
+        max_backoff: float = 15.0,
+    ) -> None:
+        self._client = client
+        self._dms = dms
+        self.state = ResumeState(rooms, keys, since)
+        self.max_attempts = max_attempts
+        self.first_attempts = first_attempts
+        self.ready_timeout = ready_timeout
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.hello: dict[str, Any] | None = None
+        self.connections = 0  # successful (ready) connections so far
+        self.last_close: int | None = None  # close code of the last lost connection
+        self._refs = (str(n) for n in itertools.count(1))
+        self._gen: AsyncGenerator[Event, None] | None = None
+        self._ready = asyncio.Event()
+
+    # -- iteration ----------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._gen is None:
+            self._gen = self._run()
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        """Close the socket and stop; iteration then ends."""
+        if self._gen is not None:
+            await self._gen.aclose()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def wait_ready(self) -> None:
+        """Wait until a connection has every subscription confirmed (iteration drives it)."""
+        await self._ready.wait()
+
+    def room_name(self, room_id: str) -> str:
+        return self.state.room_names.get(room_id, room_id)
+
+    # -- the loop -----------------------------------------------------------------
+
+    async def _run(self) -> AsyncGenerator[Event, None]:
+        if self._dms:
+            self._client.require_credentials().require_id()
+            inbox = await self._client.request("GET", "/dm", signed=True)
+            self.state.dm_baseline(inbox["messages"])
+        failures = 0
+        last_error = ""
+        while True:
+            ready_before = self.connections
+            try:
+                async with connect(
+                    self._client.ws_url,
+                    open_timeout=self.ready_timeout,
+                    compression=None,
+                    max_size=1 << 20,
+                ) as ws:
+                    async for event in self._session(ws):
+                        yield event
+                raise _Retry("the server ended the stream")
+            except Exception as exc:
+                last_error = str(exc) or type(exc).__name__
+                if isinstance(exc, ConnectionClosed):
+                    self.last_close = exc.rcvd.code if exc.rcvd is not None else None
+                if not _retryable(exc):
+                    if isinstance(exc, AICQError):
+                        raise
+                    raise _fatal(exc) from exc
+            failures = 0 if self.connections > ready_before else failures + 1
+            limit = self.max_attempts
+            if self.connections == 0 and self.first_attempts is not None:
+                limit = self.first_attempts if limit is None else min(limit, self.first_attempts)
+            if limit is not None and failures >= limit:
+                raise TransportError(
+                    f"cannot connect to {self._client.ws_url} after {failures} attempts: {last_error}"
+                )
+            await asyncio.sleep(self._pause(failures))
+
+    def _pause(self, failures: int) -> float:
+        if failures == 0:
+            return random.uniform(0, self.backoff)  # a clean restart (1012): come back soon
+        ceiling = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _session(self, ws: ClientConnection) -> AsyncIterator[Event]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ready_timeout
+        hello = await self._recv(ws, deadline)
+        if hello.get("type") != "hello":
+            raise _Retry(f"expected hello, got {hello.get('type')!r}")
+        self.hello = hello
+        pending: dict[str, tuple[str, str]] = {}
+        resumed: dict[str, bool] = {}
+        if self._dms:
+            ref = next(self._refs)
+            pending[ref] = ("auth", "")
+            await ws.send(
+                orjson.dumps(auth_frame(self._client.require_credentials(), ref)).decode()
+            )
+        for room in self.state.rooms:
+            ref = next(self._refs)
+            op = self.state.subscribe_op(room, ref)
+            pending[ref] = ("subscribe", room)
+            resumed[room] = "since" in op
+            await ws.send(orjson.dumps(op).decode())
+        if not pending:
+            self._mark_ready()
+        while True:
+            frame = await self._recv(ws, deadline if pending else None)
+            kind, ref = frame.get("type"), frame.get("ref")
+            if kind in ("ok", "error") and isinstance(ref, str) and ref in pending:
+                what, room = pending.pop(ref)
+                if kind == "error":
+                    raise error_for(int(frame.get("code") or 400), str(frame.get("error") or what))
+                if what == "auth":
+                    for dm in await self._dm_catch_up():
+                        yield dm
+                else:
+                    gap: Gap | None = self.state.subscribed(room, frame, resumed[room])
+                    if gap is not None:
+                        yield gap
+                if not pending:
+                    self._mark_ready()
+                continue
+            event = self.state.accept(frame)
+            if isinstance(event, DirectMessage):
+                event = self._client.decrypt(event)
+            if event is not None:
+                yield event
+
+    def _mark_ready(self) -> None:
+        self.connections += 1
+        self._ready.set()
+
+    async def _recv(self, ws: ClientConnection, deadline: float | None) -> dict[str, Any]:
+        """The next JSON object frame, within ``deadline`` (loop time) when given."""
+        while True:
+            if deadline is None:
+                raw = await ws.recv()
+            else:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise _Retry("the server did not answer in time")
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), remaining)
+                except TimeoutError:
+                    raise _Retry("the server did not answer in time") from None
+            try:
+                frame = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(frame, dict):
+                return frame
+
+    async def _dm_catch_up(self) -> list[DirectMessage]:
+        """DMs that arrived while no socket of ours was authenticated, oldest first."""
+        try:
+            inbox = await self._client.request("GET", "/dm", signed=True)
+        except APIError as exc:
+            if exc.status >= 500 or exc.status == 429:
+                raise _Retry(exc.message) from exc
+            raise
+        fresh = []
+        for msg in reversed(inbox["messages"]):
+            dm = self.state.accept_dm(msg, live=False)
+            if dm is not None:
+                fresh.append(self._client.decrypt(dm))
+        fresh.sort(key=lambda dm: (dm.ts, dm.id))
+        return fresh
