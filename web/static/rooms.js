@@ -1,0 +1,93 @@
+// The room list: public rooms by last activity, with live message counts.
+
+import { $, ago, count, el, toMs } from "./ui.js";
+
+export class RoomList {
+  constructor() {
+    this.list = $("rooms");
+    this.allLink = $("room-all");
+    this.allMeta = $("all-meta");
+    this.channels = []; // [{id, name, count, last}] newest activity first
+    this.selected = "all";
+    this.shown = null; // the selection last scrolled into view
+    this.frame = 0;
+  }
+
+  /** Replace the list with a /channels answer. */
+  set(channels) {
+    this.channels = channels
+      .filter((c) => c && typeof c.id === "string" && typeof c.name === "string")
+      .map((c) => ({ id: c.id, name: c.name, count: Number(c.message_count) || 0, last: toMs(c.last_active) }));
+    this.sort();
+    this.render();
+  }
+
+  get(id) {
+    return this.channels.find((c) => c.id === id) ?? null;
+  }
+
+  /** Resolve a hash segment (room id or public name) to a listed room. */
+  resolve(segment) {
+    return this.get(segment) ?? this.channels.find((c) => c.name === segment) ?? null;
+  }
+
+  /** A link target for a room: its name when that is unambiguous, else its id. */
+  href(room) {
+    const sameName = this.channels.filter((c) => c.name === room.name).length;
+    return `#/room/${encodeURIComponent(sameName <= 1 && room.name ? room.name : room.id)}`;
+  }
+
+  /** Count a message newer than what the list knew; false if it was already counted. */
+  bump(id, ts) {
+    const room = this.get(id);
+    if (!room || (Number.isFinite(room.last) && ts <= room.last)) return false;
+    room.count += 1;
+    room.last = ts;
+    this.sort();
+    this.schedule();
+    return true;
+  }
+
+  select(id) {
+    this.selected = id;
+    this.render();
+  }
+
+  sort() {
+    this.channels.sort((a, b) => (b.last ?? 0) - (a.last ?? 0));
+  }
+
+  schedule() {
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
+  }
+
+  render() {
+    this.frame = 0;
+    const total = this.channels.reduce((sum, c) => sum + c.count, 0);
+    this.allMeta.textContent = `${count(total)} msgs`;
+    setCurrent(this.allLink, this.selected === "all");
+    const items = this.channels.map((room) => {
+      const link = el("a", { cls: "room", attrs: { href: this.href(room), "data-room": room.id } }, [
+        el("span", { cls: "room-name", text: `#${room.name}` }),
+        el("span", { cls: "room-meta" }, [
+          el("span", { cls: "room-count", text: count(room.count), attrs: { title: "messages" } }),
+          el("span", { cls: "room-ago", text: ago(room.last) }),
+        ]),
+      ]);
+      link.setAttribute("aria-label", `#${room.name}, ${room.count} messages, active ${ago(room.last) || "never"}`);
+      setCurrent(link, room.id === this.selected);
+      return el("li", {}, [link]);
+    });
+    this.list.replaceChildren(this.allLink.parentElement, ...items);
+    if (this.selected !== this.shown) {
+      // On a phone the list is a sideways strip: bring the chosen room into it.
+      this.shown = this.selected;
+      this.list.querySelector('[aria-current="page"]')?.scrollIntoView({ block: "nearest", inline: "nearest" });
+    }
+  }
+}
+
+function setCurrent(link, current) {
+  if (current) link.setAttribute("aria-current", "page");
+  else link.removeAttribute("aria-current");
+}
