@@ -86,6 +86,7 @@ def create_app(settings: Settings) -> Starlette:
             )
             if exc.status_code not in (404, 405):
                 error.status = exc.status_code
+            error.headers = dict(exc.headers or {})  # 405 carries Allow
             return routes.error_response(error)
         log.exception("unhandled error", exc_info=exc)
         return routes.error_response(AICQError())

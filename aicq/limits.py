@@ -121,6 +121,11 @@ class Limiter:
         self._bytes = redis.register_script(_BYTES)
         self._violation = redis.register_script(_VIOLATION)
 
+    def untouched(self, name: str) -> Quota:
+        """The full budget of ``name``, for callers that are never counted."""
+        limit = LIMITS[name]
+        return Quota(limit.requests, limit.requests, int(time.time()) + limit.window_s)
+
     async def ensure_not_blocked(self, ip: str) -> None:
         if await timed(self.redis.exists(f"blocked:ip:{ip}")):
             metrics.BLOCKED_REQUESTS.labels(reason="ip_blocked").inc()

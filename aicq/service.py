@@ -73,7 +73,8 @@ class ChatService:
             await self.limiter.ensure_not_blocked(caller.ip)
 
     async def _charge(self, caller: Caller, limit: str) -> None:
-        if caller.whitelisted:
+        if caller.whitelisted:  # counted nowhere, but told the budget like everyone else
+            caller.quota = self.limiter.untouched(limit)
             return
         agent_id = caller.agent.id if caller.agent else None
         caller.quota = await self.limiter.hit(limit, ip=caller.ip, agent_id=agent_id)
@@ -149,7 +150,7 @@ class ChatService:
         return room
 
     async def _check_key(self, room: Room, key: str | None) -> None:
-        if not key or not isinstance(key, str) or len(key) > 256:
+        if not key or not isinstance(key, str) or len(key.encode()) > validation.MAX_ROOM_KEY_BYTES:
             raise Forbidden("this room is private: X-AICQ-Room-Key required")
         fingerprint = (room.id, hashlib.sha256(key.encode()).digest())
         if self._verified_keys.get(fingerprint):
@@ -301,8 +302,12 @@ class ChatService:
 
     # Realtime reads (the session calls these; the hub delivers live events)
 
-    async def charge_read(self, caller: Caller) -> None:
-        """A WebSocket subscribe costs what a GET /room costs."""
+    async def charge_replay(self, caller: Caller) -> None:
+        """A WebSocket subscribe that replays history costs what a GET /room costs.
+
+        A subscribe without ``since`` reads nothing, so it is free: a viewer watching
+        many rooms must not exhaust, and then be blocked by, the history budget.
+        """
         await self._charge(caller, "read_room")
 
     async def replay(self, room: Room, cursor: int | str) -> AsyncIterator[tuple[list[Message], bool]]:

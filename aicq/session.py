@@ -189,7 +189,8 @@ class Session:
         ref_room = _string(args, "room")
         key = _string(args, "key", required=False)
         cursor = validation.cursor(args.get("since"), "since")
-        await self.service.charge_read(self.caller)
+        if cursor is not None:
+            await self.service.charge_replay(self.caller)
         room = await self.service.room(ref_room, key)
         if room.id in self.subscriptions:
             await self.hub.leave_room(room.id, self.subscriptions.pop(room.id))

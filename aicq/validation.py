@@ -19,13 +19,14 @@ MAX_DM_CHARS = 8192
 MIN_DM_BYTES = 60
 MAX_NAME_CHARS = 100
 MIN_ROOM_KEY_CHARS = 16
-MAX_ROOM_KEY_CHARS = 256
+MAX_ROOM_KEY_BYTES = 72  # bcrypt's input limit; the Go server hashed keys with bcrypt too
 
 _ROOM_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,50}$")
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 _ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _TOKEN = re.compile(r"[a-z0-9]+")
+_INTEGER = re.compile(r"^-?[0-9]{1,18}$")
 
 STOP_WORDS = frozenset(
     "a an and are as at be been but by for from has have he her his i if in into is it its "
@@ -115,18 +116,20 @@ def room_key(is_private: Any, key: Any) -> str | None:
         return None
     if not isinstance(key, str) or len(key) < MIN_ROOM_KEY_CHARS:
         raise BadRequest(f"private rooms need a key of at least {MIN_ROOM_KEY_CHARS} characters")
-    if len(key) > MAX_ROOM_KEY_CHARS:
-        raise BadRequest(f"room key must be at most {MAX_ROOM_KEY_CHARS} characters")
+    if len(key.encode()) > MAX_ROOM_KEY_BYTES:
+        raise BadRequest(f"room key must be at most {MAX_ROOM_KEY_BYTES} bytes")
     return key
 
 
 def message_body(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequest("body is required and must be a non-empty string")
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a "\ud800" JSON escape
+        raise BadRequest("body must be valid UTF-8 text") from None
+    if size > MAX_BODY_BYTES:
         raise Unprocessable(f"body exceeds {MAX_BODY_BYTES} bytes")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise BadRequest("body must be valid UTF-8 text")
     return value
 
 
@@ -166,10 +169,9 @@ def message_id(value: Any) -> str:
 def int_param(raw: str | None, name: str, default: int, low: int, high: int, *, clamp: bool = False) -> int:
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
+    if not _INTEGER.match(raw):  # int() would also take "٣", "5_0" and " 7"
+        raise BadRequest(f"{name} must be an integer")
+    value = int(raw)
     if clamp:
         return max(low, min(high, value))
     if not low <= value <= high:
@@ -187,7 +189,7 @@ def cursor(raw: Any, name: str) -> int | str | None:
         value = raw
     elif isinstance(raw, str) and is_ulid(raw):
         return raw.upper()
-    elif isinstance(raw, str) and raw.isdigit() and len(raw) <= 16:
+    elif isinstance(raw, str) and _INTEGER.match(raw):
         value = int(raw)
     else:
         raise BadRequest(f"{name} must be unix milliseconds or a message id")

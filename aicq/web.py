@@ -46,14 +46,23 @@ async def viewer(request: Request) -> Response:
 
 async def static(request: Request) -> Response:
     # Resolve and confine: "../" or a symlink must never step outside web/static.
-    path = (STATIC_DIR / request.path_params["path"]).resolve()
+    try:
+        path = (STATIC_DIR / request.path_params["path"]).resolve()
+    except (ValueError, OSError):  # a NUL byte, a name too long for the filesystem
+        return error_response(NotFound("file not found"))
     if not path.is_relative_to(STATIC_DIR) or not path.is_file():
         return error_response(NotFound("file not found"))
     return FileResponse(path)
 
 
+async def websocket_only(request: Request) -> Response:
+    return JSON({"error": "this endpoint speaks WebSocket: send an Upgrade request"}, status_code=426,
+                headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+
+
 ROUTES = [
     Route("/", viewer, methods=["GET"]),
+    Route("/ws", websocket_only, methods=["GET"]),
     Route("/static/{path:path}", static, methods=["GET"]),
     Route("/api", api_info, methods=["GET"]),
     Route("/docs", onboarding, methods=["GET"]),

@@ -91,3 +91,21 @@ async def test_cors_preflight(http: httpx.AsyncClient) -> None:
     simple = await http.get("/channels", headers={"Origin": "https://example.org"})
     exposed = simple.headers["access-control-expose-headers"].lower()
     assert "x-ratelimit-remaining" in exposed and "retry-after" in exposed
+
+
+async def test_fuzzer_findings_stay_fixed(http: httpx.AsyncClient) -> None:
+    """Each of these was a 500 or a wrong answer found by schemathesis."""
+    wrong = await http.request("TRACE", "/channels")
+    assert wrong.status_code == 405 and "GET" in wrong.headers["allow"]
+    plain = await http.get("/ws")
+    assert plain.status_code == 426 and plain.json()["error"]
+    assert (await http.get("/room/global", params={"before": "²"})).status_code == 400
+    assert (await http.get("/channels", params={"limit": "٣"})).status_code == 400
+    assert (await http.get("/channels", params={"limit": "5_0"})).status_code == 400
+    assert (await http.get("/static/a%00b")).status_code == 404
+    agent = await new_agent(http)
+    long_key = await agent.request(http, "POST", "/room", {"name": "k", "is_private": True, "key": "k" * 100})
+    assert long_key.status_code == 400
+    room = await agent.create_room(http, key="k" * 20)
+    refused = await http.get(f"/room/{room['id']}", headers={"X-AICQ-Room-Key": "k" * 100})
+    assert refused.status_code == 403

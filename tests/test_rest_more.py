@@ -10,9 +10,8 @@ import secrets
 
 import httpx
 import pytest
-import redis
 
-from tests.helpers import new_agent
+from tests.helpers import RedisProcess, new_agent
 
 
 def ciphertext(size: int = 60) -> str:
@@ -140,28 +139,13 @@ async def test_health_api_docs_openapi(http: httpx.AsyncClient) -> None:
     assert spec.status_code == 200 and spec.text.startswith("openapi: 3.1")
 
 
-async def test_health_degrades_when_redis_is_gone_and_recovers(start_server, stores) -> None:
-    """Point an instance at a Redis we stop, then start again on the same socket."""
-    import subprocess
-    import tempfile
-
-    workdir = tempfile.mkdtemp(prefix="aicq-redis-")
-    port = str(__import__("tests.helpers", fromlist=["free_port"]).free_port())
-    command = ["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+async def test_health_degrades_when_redis_is_gone_and_recovers(start_server, tmp_path) -> None:
+    redis_server = RedisProcess(tmp_path).start()
     try:
-        client = redis.Redis(port=int(port))
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                await asyncio.sleep(0.05)
-        server = start_server(REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        server = start_server(REDIS_URL=redis_server.url)
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             assert (await http.get("/health")).status_code == 200
-            process.terminate()
-            process.wait(10)
+            redis_server.stop()
             degraded = await http.get("/health")
             assert degraded.status_code == 503
             body = degraded.json()
@@ -169,7 +153,7 @@ async def test_health_degrades_when_redis_is_gone_and_recovers(start_server, sto
             assert body["checks"]["postgres"]["status"] == "pass"
             failing = await http.get("/room/global")
             assert failing.status_code == 503 and failing.json()["error"]
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+            redis_server.start()
             for _ in range(100):
                 if (await http.get("/health")).status_code == 200:
                     break
@@ -177,8 +161,7 @@ async def test_health_degrades_when_redis_is_gone_and_recovers(start_server, sto
             assert (await http.get("/health")).json()["status"] == "healthy"
         server.stop()
     finally:
-        process.terminate()
-        process.wait(10)
+        redis_server.stop()
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
