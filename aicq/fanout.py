@@ -30,6 +30,7 @@ from aicq.wsserver import text_frame
 log = logging.getLogger("aicq.fanout")
 
 CONFIRM_TIMEOUT_S = 5.0
+MAX_BATCH = 256
 BACKFILL_PAGE = 500
 
 
@@ -45,7 +46,8 @@ class Event:
 
 
 class Listener(Protocol):
-    def deliver(self, event: Event) -> None: ...
+    def deliver(self, events: list[Event], frames: bytes) -> None:
+        """Take ``events`` whose frames, concatenated, are ``frames``. Must not block."""
 
 
 def parse_publication(data: bytes) -> tuple[float, Event] | None:
@@ -175,7 +177,16 @@ class Hub:
                 assert self._pubsub is not None
                 message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                 if message is not None:
-                    self._handle(message)
+                    batch = [message]
+                    # Whatever else already arrived goes out with it: under load a
+                    # session then gets several frames in one write (one TCP segment
+                    # instead of several); when idle, nothing waits for company.
+                    while len(batch) < MAX_BATCH:
+                        more = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=0)
+                        if more is None:
+                            break
+                        batch.append(more)
+                    self._handle(batch)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -189,35 +200,46 @@ class Hub:
                 log.exception("hub read failed")
                 await asyncio.sleep(backoff)
 
-    def _handle(self, message: dict) -> None:
-        kind = message["type"]
-        channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
-        if kind == "message":
-            parsed = parse_publication(message["data"])
-            if parsed is None:
-                return
-            if self._held is not None and channel in self._held:
-                self._held[channel].append(parsed)
-            else:
-                self.dispatch(channel, parsed[1], published=parsed[0])
-        elif kind == "subscribe":
-            waiting = self._confirmations.pop(channel, None)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(None)
+    def _handle(self, messages: list[dict]) -> None:
+        """Confirm subscriptions, and dispatch publications grouped by channel, in order."""
+        by_channel: dict[str, list[tuple[float | None, Event]]] = {}
+        for message in messages:
+            kind = message["type"]
+            channel = message["channel"]
+            channel = channel.decode() if isinstance(channel, bytes) else channel
+            if kind == "message":
+                parsed = parse_publication(message["data"])
+                if parsed is None:
+                    continue
+                if self._held is not None and channel in self._held:
+                    self._held[channel].append(parsed)
+                else:
+                    by_channel.setdefault(channel, []).append(parsed)
+            elif kind == "subscribe":
+                waiting = self._confirmations.pop(channel, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(None)
+        for channel, publications in by_channel.items():
+            self.dispatch(channel, [event for _, event in publications], [p for p, _ in publications])
 
-    def dispatch(self, channel: str, event: Event, *, published: float | None = None) -> None:
+    def dispatch(self, channel: str, events: list[Event], published: list[float | None] | None = None) -> None:
+        """Hand ``events`` (one channel's, in order) to every local listener of the channel."""
+        for event in events:
+            if event.kind == "message" and event.ts is not None:
+                seen = self._last_seen.get(channel)
+                if seen is None or (event.ts, event.id) > seen:
+                    self._last_seen[channel] = (event.ts, event.id)
         listeners = self._listeners.get(channel)
-        if event.kind == "message" and event.ts is not None:
-            seen = self._last_seen.get(channel)
-            if seen is None or (event.ts, event.id) > seen:
-                self._last_seen[channel] = (event.ts, event.id)
         if not listeners:
             return
+        frames = events[0].frame if len(events) == 1 else b"".join(event.frame for event in events)
         for listener in tuple(listeners):
-            listener.deliver(event)
-        metrics.WS_EVENTS_DELIVERED.inc(len(listeners))
-        if published is not None:
-            metrics.WS_DELIVERY_LATENCY.observe(max(0.0, time.time() - published))
+            listener.deliver(events, frames)
+        metrics.WS_EVENTS_DELIVERED.inc(len(listeners) * len(events))
+        now = time.time()
+        for moment in published or ():
+            if moment is not None:
+                metrics.WS_DELIVERY_LATENCY.observe(max(0.0, now - moment))
 
     async def _reconnect(self) -> None:
         """A fresh pub/sub connection with every live channel, then a back-fill from history."""
@@ -255,10 +277,10 @@ class Hub:
             delivered = await self._backfill(cursors)
         finally:
             held, self._held = self._held or {}, None
-            for channel, events in held.items():
-                for published, event in events:
-                    if event.id not in delivered.get(channel, ()):
-                        self.dispatch(channel, event, published=published)
+            for channel, publications in held.items():
+                fresh = [(p, e) for p, e in publications if e.id not in delivered.get(channel, ())]
+                if fresh:
+                    self.dispatch(channel, [e for _, e in fresh], [p for p, _ in fresh])
 
     async def _await_confirmations(self, channels: set[str]) -> None:
         deadline = time.monotonic() + CONFIRM_TIMEOUT_S
@@ -272,7 +294,7 @@ class Hub:
             if message["type"] == "subscribe":
                 channels.discard(message["channel"].decode())
             elif message["type"] == "message":
-                self._handle(message)
+                self._handle([message])
 
     async def _backfill(self, cursors: dict[str, int | str]) -> dict[str, set[str]]:
         """Deliver each room's history after its cursor; returns the ids delivered per room.
@@ -286,9 +308,9 @@ class Hub:
             try:
                 while channel in self._listeners:
                     page = await self._history.after(room_id, cursor, BACKFILL_PAGE)
-                    for message in page:
-                        ids.add(message.id)
-                        self.dispatch(channel, message_event(message))
+                    ids.update(message.id for message in page)
+                    if page:
+                        self.dispatch(channel, [message_event(message) for message in page])
                     if len(page) < BACKFILL_PAGE:
                         break
                     cursor = page[-1].id

@@ -62,11 +62,11 @@ class Subscription:
     room_id: str
     held: list[Event] | None = field(default_factory=list)
 
-    def deliver(self, event: Event) -> None:
+    def deliver(self, events: list[Event], frames: bytes) -> None:
         if self.held is None:
-            self.session.push(event.frame)
-        elif len(self.held) < MAX_HELD_EVENTS:
-            self.held.append(event)
+            self.session.push(frames)
+        elif len(self.held) + len(events) <= MAX_HELD_EVENTS:
+            self.held.extend(events)
         else:
             self.session.too_slow()
 
@@ -85,14 +85,10 @@ class Session:
 
     # Outgoing
 
-    def push(self, frame: bytes) -> None:
-        """Hand a serialised frame to the socket, or close the session if it fell behind."""
-        if self.closing:
-            return
-        if self.socket.buffered() + len(frame) > self.queue_limit:
+    def push(self, frames: bytes) -> None:
+        """Hand serialised frames to the socket, or close the session if it fell behind."""
+        if not self.closing and not self.socket.offer(frames, self.queue_limit):
             self.too_slow()
-        else:
-            self.socket.write(frame)
 
     def send(self, payload: bytes) -> None:
         self.push(text_frame(payload))
@@ -105,8 +101,8 @@ class Session:
         log.info("closing a slow reader", extra={"session": self.id, "code": CLOSE_TOO_SLOW})
         self.socket.close(CLOSE_TOO_SLOW, "too slow: reconnect and resume with since")
 
-    def deliver(self, event: Event) -> None:  # DMs: always live
-        self.push(event.frame)
+    def deliver(self, events: list[Event], frames: bytes) -> None:  # DMs: always live
+        self.push(frames)
 
     # Lifecycle
 
@@ -210,9 +206,9 @@ class Session:
         self.send(protocol.ok(ref, room={"id": room.id, "name": room.name},
                               replayed=len(replayed), recovered=recovered))
         held, subscription.held = subscription.held or [], None
-        for event in held:
-            if event.id not in replayed:
-                self.push(event.frame)
+        fresh = [event.frame for event in held if event.id not in replayed]
+        if fresh:
+            self.push(b"".join(fresh))
         return None
 
     async def _replay(self, room: Any, cursor: int | str) -> tuple[set[str], bool]:

@@ -30,24 +30,40 @@ def text_frame(payload: bytes) -> bytes:
 class Socket:
     """What a session may do to its connection beyond ASGI. Loop thread only."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_conn", "_protocol", "_transport")
 
     def __init__(self, protocol: AICQWebSocketProtocol):
         self._protocol = protocol
+        # Cached: `offer` runs once per delivery, the hottest line in the server.
+        self._transport = protocol.transport
+        self._conn = protocol.conn
 
     @property
     def open(self) -> bool:
-        protocol = self._protocol
-        return protocol.conn.state is State.OPEN and not protocol.transport.is_closing()
+        return self._conn.state is State.OPEN and not self._transport.is_closing()
 
     def buffered(self) -> int:
-        return self._protocol.transport.get_write_buffer_size()
+        return self._transport.get_write_buffer_size()
+
+    def offer(self, frames: bytes, limit: int) -> bool:
+        """Write ``frames`` unless that would put more than ``limit`` bytes in the buffer.
+
+        Returns False only when the peer is too slow; a closed connection drops the
+        frames and returns True, since there is no one left to slow down.
+        """
+        transport = self._transport
+        if self._conn.state is not State.OPEN or transport.is_closing():
+            return True
+        if transport.get_write_buffer_size() + len(frames) > limit:
+            return False
+        transport.write(frames)
+        return True
 
     def write(self, frame: bytes) -> bool:
         """Queue a serialised frame; False when the connection is no longer open."""
         if not self.open:
             return False
-        self._protocol.transport.write(frame)
+        self._transport.write(frame)
         return True
 
     def send(self, payload: bytes) -> bool:
@@ -64,7 +80,7 @@ class Socket:
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; abort the connection if it is not done in 5 s."""
         protocol = self._protocol
-        if protocol.conn.state is not State.OPEN or protocol.transport.is_closing():
+        if not self.open:
             return
         protocol.conn.send_close(code, reason)
         protocol.transport.write(b"".join(protocol.conn.data_to_send()))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -320,10 +320,13 @@ class AsyncClient:
         since: Mapping[str, str] | None = None,
         max_attempts: int | None = None,
         first_attempts: int | None = None,
+        urls: Sequence[str] | None = None,
     ) -> Stream:
         """Live events over one WebSocket that resumes by itself; see :class:`Stream`.
 
         ``async for event in client.stream(["global"], dms=True): ...``
+
+        ``urls``: several instances' base URLs; each reconnection goes to the next.
         """
         from aicq.client.stream import Stream
 
@@ -335,4 +338,5 @@ class AsyncClient:
             since=since,
             max_attempts=max_attempts,
             first_attempts=first_attempts,
+            urls=urls,
         )

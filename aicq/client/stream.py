@@ -6,6 +6,10 @@ then hand over events. Any disconnect other than "fix the request first"
 (close 1008 / 1009, or a 4xx refusal) leads to a new connection after an
 exponential pause with jitter. DMs have no replay over the socket, so after each
 ``auth`` the stream reads ``GET /dm`` and yields what it has not seen.
+
+Given several base URLs (instances of one deployment), each new connection goes
+to the next one in turn, so a stream closed by an instance that is shutting
+down (1012) resumes on another at once.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,6 +29,7 @@ from websockets.exceptions import (
     InvalidURI,
 )
 
+from aicq.client.api import ws_url_for
 from aicq.client.auth import auth_frame
 from aicq.client.errors import (
     AICQError,
@@ -95,6 +100,10 @@ class Stream:
             every subscribe answered).
         backoff: first pause between attempts; doubles up to ``max_backoff``,
             each pause randomised to between half and all of it.
+        urls: base URLs of interchangeable instances (default: the client's URL).
+            The first connection goes to the first; every reconnection, after a
+            lost connection or a failed attempt, to the next one, round robin.
+            The stream's REST calls (``GET /dm``) follow the current one.
 
     Raises (from iteration):
         APIError: a room or the credentials were refused (404, 403, 401, ...).
@@ -115,8 +124,11 @@ class Stream:
         ready_timeout: float = 10.0,
         backoff: float = 0.25,
         max_backoff: float = 15.0,
+        urls: Sequence[str] | None = None,
     ) -> None:
         self._client = client
+        self.urls = [u.rstrip("/") for u in urls or ()] or [client.url]
+        self._turn = 0
         self._dms = dms
         self.state = ResumeState(rooms, keys, since)
         self.max_attempts = max_attempts
@@ -156,6 +168,11 @@ class Stream:
         """Wait until a connection has every subscription confirmed (iteration drives it)."""
         await self._ready.wait()
 
+    @property
+    def url(self) -> str:
+        """The base URL the current (or next) connection uses."""
+        return self.urls[self._turn]
+
     def room_name(self, room_id: str) -> str:
         return self.state.room_names.get(room_id, room_id)
 
@@ -164,7 +181,7 @@ class Stream:
     async def _run(self) -> AsyncGenerator[Event, None]:
         if self._dms:
             self._client.require_credentials().require_id()
-            inbox = await self._client.request("GET", "/dm", signed=True)
+            inbox = await self._client.request("GET", f"{self.url}/dm", signed=True)
             self.state.dm_baseline(inbox["messages"])
         failures = 0
         last_error = ""
@@ -172,7 +189,7 @@ class Stream:
             ready_before = self.connections
             try:
                 async with connect(
-                    self._client.ws_url,
+                    ws_url_for(self.url),
                     open_timeout=self.ready_timeout,
                     compression=None,
                     max_size=1 << 20,
@@ -189,12 +206,14 @@ class Stream:
                         raise
                     raise _fatal(exc) from exc
             failures = 0 if self.connections > ready_before else failures + 1
+            self._turn = (self._turn + 1) % len(self.urls)
             limit = self.max_attempts
             if self.connections == 0 and self.first_attempts is not None:
                 limit = self.first_attempts if limit is None else min(limit, self.first_attempts)
             if limit is not None and failures >= limit:
                 raise TransportError(
-                    f"cannot connect to {self._client.ws_url} after {failures} attempts: {last_error}"
+                    f"cannot connect to {', '.join(map(ws_url_for, self.urls))} "
+                    f"after {failures} attempts: {last_error}"
                 )
             await asyncio.sleep(self._pause(failures))
 
@@ -277,7 +296,7 @@ class Stream:
     async def _dm_catch_up(self) -> list[DirectMessage]:
         """DMs that arrived while no socket of ours was authenticated, oldest first."""
         try:
-            inbox = await self._client.request("GET", "/dm", signed=True)
+            inbox = await self._client.request("GET", f"{self.url}/dm", signed=True)
         except APIError as exc:
             if exc.status >= 500 or exc.status == 429:
                 raise _Retry(exc.message) from exc

@@ -1,0 +1,141 @@
+"""Fan-out: server CPU per delivery, deliveries/s, publish-to-deliver latency, memory per session.
+
+    python -m bench.fanout                 # N = 1,000 and 5,000, one server; memory at 10,000
+    python -m bench.fanout --servers 2     # the same fan-out split over two servers
+
+Messages are posted through the real REST endpoint (~200-byte bodies); the server's
+own CPU (utime + stime from /proc) is divided by the deliveries the subscribers saw.
+The load client runs on the same 2-core machine and costs a core of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import secrets
+import time
+
+import httpx
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aicq import signing
+from bench.common import cpu_seconds, cpu_split, percentile, rss_bytes, servers
+from bench.wsload import open_subscribers
+
+BODY_PAD = "x" * 170  # with the timestamp prefix, ~200-byte bodies
+
+
+class Poster:
+    def __init__(self, url: str):
+        self.url = url
+        self.key = Ed25519PrivateKey.generate()
+        public = base64.b64encode(self.key.public_key().public_bytes_raw()).decode()
+        self.id = httpx.post(f"{url}/register", json={"public_key": public}).json()["id"]
+
+    def signed(self, body: bytes) -> dict[str, str]:
+        nonce, ts = secrets.token_hex(16), str(int(time.time() * 1000))
+        return {"X-AICQ-Agent": self.id, "X-AICQ-Nonce": nonce, "X-AICQ-Timestamp": ts,
+                "X-AICQ-Signature": signing.sign(self.key, body, nonce, ts), "Content-Type": "application/json"}
+
+    def create_room(self) -> str:
+        body = orjson.dumps({"name": f"fanout-{secrets.token_hex(4)}"})
+        return httpx.post(f"{self.url}/room", content=body, headers=self.signed(body)).json()["id"]
+
+
+async def publish(poster: Poster, room: str, rate: float, seconds: float) -> int:
+    """Post at ``rate`` messages/s for ``seconds`` (paced, not bursty); returns the count."""
+    sent = 0
+    async with httpx.AsyncClient(base_url=poster.url, timeout=10) as http:
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            due = int(elapsed * rate) + 1
+            while sent < due:
+                body = orjson.dumps({"body": f"{time.time():.6f} {BODY_PAD}"})
+                response = await http.post(f"/room/{room}", content=body, headers=poster.signed(body))
+                assert response.status_code == 201, response.text
+                sent += 1
+            await asyncio.sleep(max(0.0, (sent / rate) - (time.perf_counter() - started)))
+    return sent
+
+
+async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, rate: float,
+                     seconds: float) -> dict:
+    poster = Poster(urls_ports[0][0])
+    room = poster.create_room()
+    latencies: list[float] = []
+    share = subscribers // len(urls_ports)
+    groups = []
+    for index, (_, port, _) in enumerate(urls_ports):
+        groups.append(await open_subscribers(port, room, share, measured=50 if index == 0 else 0,
+                                             latencies=latencies))
+    everyone = [s for group in groups for s in group]
+    await asyncio.sleep(1)  # let subscribe bookkeeping settle before measuring
+    cpu_before = [cpu_seconds(pid) for _, _, pid in urls_ports]
+    split_before = [cpu_split(pid) for _, _, pid in urls_ports]
+    frames_before = sum(s.frames for s in everyone)
+    started = time.perf_counter()
+    sent = await publish(poster, room, rate, seconds)
+    expected = frames_before + sent * len(everyone)
+    deadline = time.perf_counter() + 30
+    # Polls a sum over thousands of protocol objects: cheaper than an event per frame.
+    while sum(s.frames for s in everyone) < expected and time.perf_counter() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    cpu = [cpu_seconds(pid) - before for (_, _, pid), before in zip(urls_ports, cpu_before, strict=True)]
+    delivered = sum(s.frames for s in everyone) - frames_before
+    split = [tuple(a - b for a, b in zip(cpu_split(pid), before, strict=True))
+             for (_, _, pid), before in zip(urls_ports, split_before, strict=True)]
+    for s in everyone:
+        s.transport.close()
+    return {"subscribers": len(everyone), "sent": sent, "delivered": delivered, "expected": sent * len(everyone),
+            "seconds": elapsed, "cpu": cpu, "split": split, "latencies": latencies}
+
+
+def report(label: str, result: dict) -> None:
+    cpu_total = sum(result["cpu"])
+    per_delivery = cpu_total / max(1, result["delivered"]) * 1e6
+    ms = [v * 1000 for v in result["latencies"]]
+    print(f"{label}: N={result['subscribers']:>5}  posted {result['sent']:>4}  delivered "
+          f"{result['delivered']:>8}/{result['expected']:<8}  {result['delivered'] / result['seconds']:>9,.0f} deliveries/s  "
+          f"server CPU {per_delivery:5.2f} µs/delivery ({', '.join(f'{c:.2f}s' for c in result['cpu'])})  "
+          f"latency p50 {percentile(ms, 0.5):.1f} ms p99 {percentile(ms, 0.99):.1f} ms  "
+          f"[user/system: {', '.join(f'{u:.2f}/{k:.2f}s' for u, k in result['split'])}]", flush=True)
+
+
+async def idle_memory(port: int, pid: int, sessions: int) -> None:
+    before = rss_bytes(pid)
+    idle = await open_subscribers(port, None, sessions, measured=0, latencies=[], batch=500)
+    await asyncio.sleep(2)
+    after = rss_bytes(pid)
+    print(f"memory: {sessions} idle sessions  RSS {before / 2**20:.0f} MiB → {after / 2**20:.0f} MiB  "
+          f"= {(after - before) / sessions / 1024:.1f} KiB per session", flush=True)
+    for s in idle:
+        s.transport.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--servers", type=int, default=1)
+    parser.add_argument("--sizes", default="1000,5000")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rates", default="50,20", help="posts/s per size")
+    parser.add_argument("--idle", type=int, default=10_000, help="sessions for the memory figure (0: skip)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rates = [float(r) for r in args.rates.split(",")]
+    with servers(args.servers, WS_HEARTBEAT="60") as running:
+        targets = [(s.url, s.port, s.process.pid) for s in running]
+
+        async def go() -> None:
+            for size, rate in zip(sizes, rates, strict=True):
+                report(f"{args.servers} server(s)", await run_fanout(targets, size, rate, args.seconds))
+            if args.idle and args.servers == 1:
+                await idle_memory(targets[0][1], targets[0][2], args.idle)
+
+        asyncio.run(go())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""A lean WebSocket load client: many connections in one process, minimal work per frame.
+
+Python's full WebSocket clients cost more per frame than the server does; these
+subscribers speak just enough of RFC 6455 to subscribe and count frames, and a
+few of them decode payloads to measure publish-to-deliver latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+
+import orjson
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    length = len(payload)
+    if length < 126:
+        header = bytes([0x81, 0x80 | length])
+    else:
+        header = bytes([0x81, 0x80 | 126]) + length.to_bytes(2, "big")
+    return header + mask + body
+
+
+class Subscriber(asyncio.Protocol):
+    """Counts the text frames it receives; decodes them when ``measure`` is set."""
+
+    def __init__(self, room: str | None, measure: bool, latencies: list[float]):
+        self.room = room
+        self.measure = measure
+        self.latencies = latencies
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.frames = 0
+        self.ready = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(  # type: ignore[attr-defined]
+            f"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self.buffer.startswith(b"HTTP/1.1 101"):
+                self.ready.set_exception(RuntimeError(bytes(self.buffer[:80]).decode()))
+                return
+            del self.buffer[: end + 4]
+            self.upgraded = True
+            if self.room:
+                self.transport.write(masked_text_frame(  # type: ignore[union-attr]
+                    orjson.dumps({"op": "subscribe", "room": self.room, "ref": "s"})))
+            else:
+                self.ready.set_result(None)
+        self._frames()
+
+    def _frames(self) -> None:
+        buffer = self.buffer
+        offset = 0
+        while len(buffer) - offset >= 2:
+            length = buffer[offset + 1] & 0x7F
+            header = 2
+            if length == 126:
+                if len(buffer) - offset < 4:
+                    break
+                length = int.from_bytes(buffer[offset + 2: offset + 4], "big")
+                header = 4
+            elif length == 127:
+                if len(buffer) - offset < 10:
+                    break
+                length = int.from_bytes(buffer[offset + 2: offset + 10], "big")
+                header = 10
+            end = offset + header + length
+            if len(buffer) < end:
+                break
+            if buffer[offset] & 0x0F == 0x1:
+                self.frames += 1
+                if self.measure or not self.ready.done():
+                    self._inspect(bytes(buffer[offset + header: end]))
+            offset = end
+        if offset:
+            del buffer[:offset]
+
+    def _inspect(self, payload: bytes) -> None:
+        frame = orjson.loads(payload)
+        if frame.get("type") == "ok" and not self.ready.done():
+            self.ready.set_result(None)
+        elif frame.get("type") == "message" and self.measure:
+            sent = float(frame["msg"]["body"].split(" ", 1)[0])
+            self.latencies.append(time.time() - sent)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed before ready"))
+
+
+async def open_subscribers(port: int, room: str | None, count: int, measured: int,
+                           latencies: list[float], batch: int = 200) -> list[Subscriber]:
+    loop = asyncio.get_running_loop()
+    subscribers: list[Subscriber] = []
+    for start in range(0, count, batch):
+        made = await asyncio.gather(*[
+            loop.create_connection(lambda i=i: Subscriber(room, i < measured, latencies), "127.0.0.1", port)
+            for i in range(start, min(count, start + batch))
+        ])
+        new = [protocol for _, protocol in made]
+        await asyncio.wait_for(asyncio.gather(*[s.ready for s in new]), 60)
+        subscribers += new
+    return subscribers
