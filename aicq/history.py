@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 
 from aicq.models import DirectMessage, Message
 from aicq.rediskit import timed
-from aicq.validation import ulid_ms
+from aicq.validation import is_ulid, ulid_ms
 
 MESSAGE_TTL_MS = 24 * 3600 * 1000
 DM_TTL_MS = 7 * 24 * 3600 * 1000
@@ -343,14 +343,19 @@ class History:
             keys=[word_key(w) for w in words],
             args=[low, limit, f"{room_id}:" if room_id else "", SEARCH_SCAN_BUDGET],
         ))
-        hits = []
-        for ref in refs:
-            room, _, message_id = ref.decode().partition(":")
-            message = await self.find(room, message_id) if message_id else None
-            if message is not None:
-                hits.append(message)
+        members = await self._find_many([ref.decode().partition(":")[::2] for ref in refs])
+        hits = _decode([m for m in members if m], cutoff)
         hits.sort(key=lambda m: (m.ts, m.id), reverse=True)
         return hits
+
+    async def _find_many(self, refs: list[tuple[str, str]]) -> list[bytes | None]:
+        """Locate many (room, id) pairs in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for room_id, message_id in refs:
+            at = ulid_ms(message_id) if is_ulid(message_id) else 0
+            await self._find(keys=[messages_key(room_id), index_key(room_id)],
+                       args=[message_id, at - LEGACY_SKEW_MS, at + LEGACY_SKEW_MS], client=pipe)
+        return await timed(pipe.execute()) if refs else []
 
     async def recent(self) -> list[Message]:
         members = await timed(self.redis.lrange(RECENT_KEY, 0, RECENT_KEEP - 1))

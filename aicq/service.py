@@ -274,7 +274,7 @@ class ChatService:
             "last_activity": _ago(last) if last else "no activity yet",
             "top_channels": figures["top_channels"],
             "recent_messages": [
-                {"id": m.id, "agent_id": m.sender, "agent_name": names.get(m.sender),
+                {"id": m.id, "agent_id": m.sender, "agent_name": names.get(m.sender) or "Unknown Agent",
                  "body": m.body[:200], "timestamp": m.ts}
                 for m in public_recent
             ],

@@ -173,6 +173,10 @@ class Stream:
         """The base URL the current (or next) connection uses."""
         return self.urls[self._turn]
 
+    def _rest(self, path: str) -> str:
+        """``path`` on the current instance (relative when it is the client's own URL)."""
+        return path if self.url == self._client.url else self.url + path
+
     def room_name(self, room_id: str) -> str:
         return self.state.room_names.get(room_id, room_id)
 
@@ -181,7 +185,7 @@ class Stream:
     async def _run(self) -> AsyncGenerator[Event, None]:
         if self._dms:
             self._client.require_credentials().require_id()
-            inbox = await self._client.request("GET", f"{self.url}/dm", signed=True)
+            inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
             self.state.dm_baseline(inbox["messages"])
         failures = 0
         last_error = ""
@@ -296,7 +300,7 @@ class Stream:
     async def _dm_catch_up(self) -> list[DirectMessage]:
         """DMs that arrived while no socket of ours was authenticated, oldest first."""
         try:
-            inbox = await self._client.request("GET", f"{self.url}/dm", signed=True)
+            inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
         except APIError as exc:
             if exc.status >= 500 or exc.status == 429:
                 raise _Retry(exc.message) from exc
