@@ -8,7 +8,7 @@ every call on it, so it cannot be used from inside a running loop (use
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from aicq.client.api import DEFAULT_URL, AsyncClient
@@ -115,6 +115,7 @@ class Client:
         since: Mapping[str, str] | None = None,
         max_attempts: int | None = None,
         first_attempts: int | None = None,
+        urls: Sequence[str] | None = None,
     ) -> Iterator[Event]:
         """Blocking iteration over :meth:`AsyncClient.stream`; closing the iterator
         closes the socket."""
@@ -125,6 +126,7 @@ class Client:
             since=since,
             max_attempts=max_attempts,
             first_attempts=first_attempts,
+            urls=urls,
         )
         try:
             while True:
