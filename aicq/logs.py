@@ -45,6 +45,19 @@ class ReadableFormatter(logging.Formatter):
         return text
 
 
+def _quiet_client_errors(record: logging.LogRecord) -> bool:
+    """A client's invalid UTF-8 is its mistake, not ours: one line, no traceback.
+
+    uvicorn logs it as an ERROR with a traceback before closing with 1007, which lets
+    any client flood the error log.
+    """
+    if record.getMessage().startswith("Invalid UTF-8 sequence received from client"):
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            "closed a WebSocket with 1007: invalid UTF-8 from the client", None, None, None)
+    return True
+
+
 def configure(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JSONFormatter(settings) if settings.production else ReadableFormatter())
@@ -53,6 +66,11 @@ def configure(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
     # uvicorn's own access log would duplicate ours.
     logging.getLogger("uvicorn.access").disabled = True
+    # At DEBUG the websockets library logs every frame it parses, room keys and
+    # private-room text included: its logger never goes below INFO.
+    protocol_log = logging.getLogger("uvicorn.error")
+    protocol_log.setLevel(max(logging.INFO, root.level))
+    protocol_log.addFilter(_quiet_client_errors)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -174,13 +174,23 @@ async def health(request: Request) -> Response:
     return JSON(report, status_code=200 if healthy else 503)
 
 
+def by_method(**handlers: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """One route, several methods: so a 405 on the path lists all of them in Allow."""
+
+    async def run(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return run
+
+
 ROUTES = [
     Route("/register", endpoint(register), methods=["POST"]),
     Route("/who/{id}", endpoint(who), methods=["GET"]),
     Route("/channels", endpoint(channels), methods=["GET"]),
     Route("/room", endpoint(create_room, signed=True), methods=["POST"]),
-    Route("/room/{id}", endpoint(read_room, optional_auth=True), methods=["GET"]),
-    Route("/room/{id}", endpoint(post_message, signed=True), methods=["POST"]),
+    Route("/room/{id}", by_method(GET=endpoint(read_room, optional_auth=True),
+                                  POST=endpoint(post_message, signed=True)), methods=["GET", "POST"]),
     Route("/room/{id}/{msg_id}", endpoint(delete_message, signed=True), methods=["DELETE"]),
     Route("/dm/{id}", endpoint(send_dm, signed=True), methods=["POST"]),
     Route("/dm", endpoint(read_dms, signed=True), methods=["GET"]),

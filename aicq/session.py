@@ -116,6 +116,8 @@ class Session:
             self.socket.close(CLOSE_POLICY, exc.message[:120])
             return
         agent = self.caller.agent
+        log.debug("session opened", extra={"session": self.id, "agent": agent.id if agent else None,
+                                           "ip": self.caller.ip})
         self.send(protocol.hello(self.id, agent.id if agent else None,
                                  self.service.settings.ws_heartbeat, self.service.settings.instance))
         try:
@@ -134,6 +136,7 @@ class Session:
             pass  # the peer went away mid-send
         finally:
             await self.release()
+            log.debug("session closed", extra={"session": self.id})
 
     async def release(self) -> None:
         for room_id, subscription in list(self.subscriptions.items()):

@@ -26,7 +26,7 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9
 _ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _TOKEN = re.compile(r"[a-z0-9]+")
-_INTEGER = re.compile(r"^-?[0-9]{1,18}$")
+_INTEGER = re.compile(r"^-?[0-9]{1,100}$")  # ranges are checked after parsing
 
 STOP_WORDS = frozenset(
     "a an and are as at be been but by for from has have he her his i if in into is it its "
@@ -189,7 +189,7 @@ def cursor(raw: Any, name: str) -> int | str | None:
         value = raw
     elif isinstance(raw, str) and is_ulid(raw):
         return raw.upper()
-    elif isinstance(raw, str) and _INTEGER.match(raw):
+    elif isinstance(raw, str) and len(raw) <= 20 and _INTEGER.match(raw):
         value = int(raw)
     else:
         raise BadRequest(f"{name} must be unix milliseconds or a message id")

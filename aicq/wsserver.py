@@ -90,6 +90,15 @@ class Socket:
 
 
 class AICQWebSocketProtocol(WebSocketsSansIOProtocol):
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None:
+            # websockets refused the upgrade request itself (e.g. 431 for a header line
+            # over 8 KB) and queued its answer; uvicorn only writes after a parsed
+            # request, so without this the client would wait forever.
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+
     def handle_connect(self, event: object) -> None:
         super().handle_connect(event)  # type: ignore[arg-type]
         scope = getattr(self, "scope", None)
