@@ -19,13 +19,15 @@ ULID's embedded time (ZRANGEBYSCORE around it), still O(log n), never a scan.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
+from ulid import ULID
 
-from aicq.models import DirectMessage, Message
+from aicq.models import DirectMessage, Message, spliced
 from aicq.rediskit import timed
 from aicq.validation import is_ulid, ulid_ms
 
@@ -92,35 +94,79 @@ local function id_of(member)
 end
 """
 
-# KEYS: messages, index, recent, word keys...   ARGV: member, id, ts, cutoff, ttl,
-# room_id, public (0/1), channel, publication
+# Store, index, trim, publish — and name the message. Its ts is Redis's clock, never
+# behind the room's newest message, and its id a ULID of that ts that sorts after the
+# newest id, so the order messages are published in is exactly their (ts, id) order,
+# whichever instance posted them and however their clocks disagree.
+# KEYS: messages, index, recent, word keys...
+# ARGV: random (16 Crockford chars), member head, middle, tail, frame head, middle, tail,
+#       ttl_ms, room_id, public (0/1), channel
 _APPEND = """
-local zkey, hkey, recent = KEYS[1], KEYS[2], KEYS[3]
-local member, id, ts, cutoff, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. cutoff, 'LIMIT', 0, %d)
-if #expired > 0 then
-  for _, m in ipairs(expired) do
-    local ok, d = pcall(cjson.decode, m)
-    if ok and type(d) == 'table' and d.id then redis.call('HDEL', hkey, d.id) end
-    redis.call('ZREM', zkey, m)
+local ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+local function encode_time(ms)
+  local out = {}
+  for i = 10, 1, -1 do
+    local digit = ms %% 32
+    out[i] = string.sub(ALPHABET, digit + 1, digit + 1)
+    ms = (ms - digit) / 32
   end
+  return table.concat(out)
+end
+local function increment(id)
+  local chars = {}
+  for i = 1, #id do chars[i] = string.sub(id, i, i) end
+  for i = #chars, 1, -1 do
+    local pos = string.find(ALPHABET, chars[i], 1, true) or 32
+    if pos < 32 then
+      chars[i] = string.sub(ALPHABET, pos + 1, pos + 1)
+      return table.concat(chars)
+    end
+    chars[i] = '0'
+  end
+  return table.concat(chars)
+end
+
+local zkey, hkey, recent = KEYS[1], KEYS[2], KEYS[3]
+local ttl = tonumber(ARGV[8])
+local clock = redis.call('TIME')
+local ts = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local id
+local newest = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
+if #newest == 2 and tonumber(newest[2]) >= ts then
+  ts = tonumber(newest[2])
+  local last = string.sub(newest[1], 8, 33)
+  id = encode_time(ts) .. ARGV[1]
+  if id <= last then id = increment(last) end
+else
+  id = encode_time(ts) .. ARGV[1]
+end
+local ts_text = string.format('%%.0f', ts)
+local member = ARGV[2] .. id .. ARGV[3] .. ts_text .. ARGV[4]
+local cutoff = ts - ttl
+
+local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. cutoff, 'LIMIT', 0, %d)
+for _, m in ipairs(expired) do
+  local ok, d = pcall(cjson.decode, m)
+  if ok and type(d) == 'table' and d.id then redis.call('HDEL', hkey, d.id) end
+  redis.call('ZREM', zkey, m)
 end
 redis.call('ZADD', zkey, ts, member)
 redis.call('HSET', hkey, id, member)
 redis.call('PEXPIRE', zkey, ttl)
 redis.call('PEXPIRE', hkey, ttl)
-if ARGV[7] == '1' then
+if ARGV[10] == '1' then
   redis.call('LPUSH', recent, member)
   redis.call('LTRIM', recent, 0, %d)
-  local ref = ARGV[6] .. ':' .. id
+  local ref = ARGV[9] .. ':' .. id
   for i = 4, #KEYS do
     redis.call('ZADD', KEYS[i], ts, ref)
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. cutoff)
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
 end
-redis.call('PUBLISH', ARGV[8], ARGV[9])
-return 1
+local published = clock[1] .. '.' .. string.format('%%06d', tonumber(clock[2]))
+redis.call('PUBLISH', ARGV[11], published .. '|' .. ARGV[5] .. id .. ARGV[6] .. ts_text .. ARGV[7])
+return {id, ts_text}
 """ % (TRIM_BATCH, RECENT_KEEP - 1)
 
 # KEYS: messages, index   ARGV: id, lo, hi
@@ -230,6 +276,11 @@ return 1
 """
 
 
+def _random_part() -> str:
+    """The 80 random bits of a ULID, as its last 16 characters."""
+    return str(ULID())[10:]
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -267,19 +318,26 @@ class History:
     def cutoff(now_ms: int | None = None) -> int:
         return (now_ms or _now_ms()) - MESSAGE_TTL_MS
 
-    @staticmethod
-    def member(message: Message) -> bytes:
-        return orjson.dumps(message.to_redis())
+    async def append(self, draft: Message, *, public: bool, words: list[str],
+                     frame: tuple[bytes, bytes, bytes]) -> Message:
+        """Name, store, index, trim and publish one message, atomically.
 
-    async def append(self, message: Message, *, public: bool, words: list[str], frame: bytes) -> None:
-        """Store, index, trim and publish one message, atomically."""
-        keys = [messages_key(message.room_id), index_key(message.room_id), RECENT_KEY]
+        Args:
+            draft: the message, its id and ts still slots (``Message.draft``).
+            public: index its words and list it in /stats.
+            words: its search tokens (ignored for private rooms).
+            frame: the live event for it, ``spliced`` around the same slots.
+
+        Returns:
+            The message as stored, with the id and ts Redis gave it.
+        """
+        room_id = draft.room_id
+        keys = [messages_key(room_id), index_key(room_id), RECENT_KEY]
         keys += [word_key(w) for w in words] if public else []
-        args = [
-            self.member(message), message.id, message.ts, self.cutoff(), MESSAGE_TTL_MS,
-            message.room_id, "1" if public else "0", room_channel(message.room_id), publication(frame),
-        ]
-        await timed(self._append(keys=keys, args=args))
+        args = [_random_part(), *spliced(draft.to_redis()), *frame, MESSAGE_TTL_MS,
+                room_id, "1" if public else "0", room_channel(room_id)]
+        message_id, ts = await timed(self._append(keys=keys, args=args))
+        return dataclasses.replace(draft, id=message_id.decode(), ts=int(ts))
 
     async def _locate(self, room_id: str, message_id: str) -> bytes | None:
         at = ulid_ms(message_id)

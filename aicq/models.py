@@ -4,8 +4,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+import orjson
 
 GLOBAL_ROOM_ID = "00000000-0000-0000-0000-000000000001"
+
+# A message's id and ts are assigned inside Redis, by the script that stores and
+# publishes it (so publish order is (ts, id) order). Its encodings are made here,
+# once, around two slots; the script splices the id and the ts in.
+ID_SLOT = "\x00id\x00"
+TS_SLOT = "\x00ts\x00"
+_ID_JSON = orjson.dumps(ID_SLOT)[1:-1]
+_TS_JSON = orjson.dumps(TS_SLOT)
+
+
+def spliced(data: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """The JSON of ``data`` cut around its id slot and ts slot: (head, middle, tail).
+
+    ``head + id + middle + ts + tail`` is the encoding with the real values. The id
+    comes before any user text and the ts after it, so the first id slot and the last
+    ts slot are the real ones whatever a body contains.
+    """
+    encoded = orjson.dumps(data)
+    head, rest = encoded.split(_ID_JSON, 1)
+    middle, tail = rest.rsplit(_TS_JSON, 1)
+    return head, middle, tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +75,11 @@ class Message:
             data["pid"] = self.pid
         data["ts"] = self.ts
         return data
+
+    @classmethod
+    def draft(cls, room_id: str, sender: str, body: str, pid: str | None) -> Message:
+        """A message whose id and ts are still slots, for :func:`spliced`."""
+        return cls(ID_SLOT, room_id, sender, body, TS_SLOT, pid)  # type: ignore[arg-type]
 
     @classmethod
     def from_redis(cls, data: dict) -> Message:

@@ -78,8 +78,12 @@ def pong(ref: Any, server_time: int) -> bytes:
     return _encode({"type": "pong", "ref": ref, "server_time": server_time})
 
 
+def message_event_data(message: Message) -> dict[str, Any]:
+    return {"type": "message", "room": message.room_id, "msg": message.to_public()}
+
+
 def message_event(message: Message) -> bytes:
-    return _encode({"type": "message", "room": message.room_id, "msg": message.to_public()})
+    return _encode(message_event_data(message))
 
 
 def deleted_event(room_id: str, message_id: str) -> bytes:

@@ -24,7 +24,7 @@ from aicq.auth import Authenticator, Credentials
 from aicq.errors import Forbidden, NotFound, Unauthorized, Unavailable, Unprocessable
 from aicq.history import History
 from aicq.limits import Limiter, Quota
-from aicq.models import Agent, DirectMessage, Message, Room
+from aicq.models import Agent, DirectMessage, Message, Room, spliced
 from aicq.settings import Settings
 from aicq.store import LRU, Store, rfc3339
 
@@ -181,11 +181,11 @@ class ChatService:
             raise Unprocessable("pid must be the id of a message in this room")
         if not caller.whitelisted:
             await self.limiter.spend_bytes(ip=caller.ip, agent_id=agent.id, size=len(body.encode()))
-        ulid = ULID()
-        message = Message(str(ulid), room.id, agent.id, body, ulid.milliseconds, pid)
+        draft = Message.draft(room.id, agent.id, body, pid)
         public = not room.is_private
         words = validation.tokenize(body) if public else []
-        await self.history.append(message, public=public, words=words, frame=protocol.message_event(message))
+        frame = spliced(protocol.message_event_data(draft))
+        message = await self.history.append(draft, public=public, words=words, frame=frame)
         metrics.MESSAGES_POSTED.labels(room_type="private" if room.is_private else "public").inc()
         await self._count(room.id, +1)
         return {"id": message.id, "ts": message.ts}

@@ -63,3 +63,16 @@ def test_text_frame_lengths() -> None:
     assert text_frame(b"x")[:2] == b"\x81\x01"
     assert text_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
     assert text_frame(b"x" * 70000)[:2] == b"\x81\x7f"
+
+
+@pytest.mark.parametrize("body", ["plain", "\x00id\x00 and \x00ts\x00", '"\\u0000ts\\u0000"', "}}", "é😀"])
+def test_spliced_encodings_fill_to_the_real_ones(body: str) -> None:
+    from aicq.models import spliced
+
+    draft = Message.draft("room", "agent", body, "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    real = Message("01ARZ3NDEKTSV4RRFFQ69G5FAW", "room", "agent", body, 1795981895368, draft.pid)
+    for encode, expected in [(lambda m: m.to_redis(), real.to_redis()),
+                             (protocol.message_event_data, protocol.message_event_data(real))]:
+        head, middle, tail = spliced(encode(draft))
+        filled = head + real.id.encode() + middle + str(real.ts).encode() + tail
+        assert filled == orjson.dumps(expected)

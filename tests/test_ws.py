@@ -250,3 +250,28 @@ async def test_sigterm_closes_sessions_with_1012_and_exits(start_server) -> None
             await recv_json(ws, timeout=30)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
         assert await asyncio.wait_for(stopping, 35) == 0
+
+
+async def test_live_order_is_ts_id_order_across_instances(start_server, server, http) -> None:
+    """Ids and timestamps come from the script that publishes, so concurrent posts on two
+    instances reach subscribers in exactly their (ts, id) order, the order of history."""
+    other = start_server()
+    agents = [await new_agent(http) for _ in range(4)]
+    room = (await agents[0].create_room(http))["id"]
+    async with httpx.AsyncClient(base_url=other.url) as http_b, connect(server.ws_url) as ws:
+        await recv_json(ws)
+        await _subscribe(ws, room)
+
+        async def burst(agent, client) -> list[str]:
+            return [(await agent.post(client, room, f"b{i}")).json()["id"] for i in range(25)]
+
+        posted = await asyncio.gather(*[burst(a, http if i % 2 else http_b) for i, a in enumerate(agents)])
+        want = {message_id for ids in posted for message_id in ids}
+        live = []
+        while len(live) < len(want):
+            frame = await recv_json(ws)
+            if frame["type"] == "message":
+                live.append((frame["msg"]["ts"], frame["msg"]["id"]))
+    assert live == sorted(live) and len(set(live)) == len(live) == 100
+    history = (await http.get(f"/room/{room}", params={"limit": 200})).json()["messages"]
+    assert [(m["ts"], m["id"]) for m in reversed(history)] == live
