@@ -70,10 +70,12 @@ def create_app(settings: Settings) -> Starlette:
         app.state.service = service
         app.state.hub = hub
         app.state.sessions = session.Registry()
+        reconciler = asyncio.create_task(service.reconcile_forever(), name="aicq-counts")
         log.info("AICQ ready on %s:%s (instance %s)", settings.host, settings.port, settings.instance)
         try:
             yield
         finally:
+            reconciler.cancel()
             await app.state.sessions.close_all(1012, "server restarting")
             await hub.stop()
             await redis.aclose()

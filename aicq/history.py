@@ -7,6 +7,7 @@ Keys keep the Go server's names and member format (SPEC §9):
 - ``dm:{id}:inbox``       sorted set of DM JSON, 7-day retention
 - ``search:words:{word}`` sorted set of ``{room_id}:{msg_id}``, score = ts
 - ``stats:recent``        list of the newest public members (ours, for /stats)
+- ``counts:parked``       hash room → message_count change PostgreSQL missed (ours)
 
 Every multi-step write (history + index + trim + search + publish) is one Lua
 script, so no reader sees half a message and no subscriber misses a stored one.
@@ -35,6 +36,7 @@ MESSAGE_TTL_MS = 24 * 3600 * 1000
 DM_TTL_MS = 7 * 24 * 3600 * 1000
 NONCE_TTL_S = 180
 RECENT_KEY = "stats:recent"
+PARKED_COUNTS_KEY = "counts:parked"
 RECENT_KEEP = 50
 # Legacy ids carry the Go server's clock; its ts came from a separate call.
 LEGACY_SKEW_MS = 2000
@@ -276,6 +278,13 @@ return 1
 """
 
 
+_TAKE_COUNTS = """
+local pairs = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return pairs
+"""
+
+
 def _random_part() -> str:
     """The 80 random bits of a ULID, as its last 16 characters."""
     return str(ULID())[10:]
@@ -313,6 +322,7 @@ class History:
         self._after = redis.register_script(_AFTER)
         self._search = redis.register_script(_SEARCH)
         self._dm = redis.register_script(_DM)
+        self._take_counts = redis.register_script(_TAKE_COUNTS)
 
     @staticmethod
     def cutoff(now_ms: int | None = None) -> int:
@@ -439,6 +449,15 @@ class History:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
         return out
+
+    async def park_count(self, room_id: str, delta: int) -> None:
+        """Keep a message_count change PostgreSQL could not take, for later."""
+        await timed(self.redis.hincrby(PARKED_COUNTS_KEY, room_id, delta))
+
+    async def take_parked_counts(self) -> dict[str, int]:
+        """Every parked change, removed atomically (so two instances never apply one twice)."""
+        pairs = await timed(self._take_counts(keys=[PARKED_COUNTS_KEY]))
+        return {pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
     async def claim_nonce(self, agent_id: str, nonce: str) -> bool:
         """Record a nonce as used; False when it already was (atomic: SET NX)."""

@@ -191,12 +191,41 @@ class ChatService:
         return {"id": message.id, "ts": message.ts}
 
     async def _count(self, room_id: str, delta: int) -> None:
-        # The message is stored and published by now; a counter that misses one
-        # beat while PostgreSQL is away must not turn an accepted post into an error.
+        # The message is stored and published by now: a PostgreSQL outage must not turn
+        # an accepted post into an error. The change waits in Redis until it is back.
         try:
             await self.store.count_message(room_id, delta)
         except Unavailable:
-            log.warning("room counter not updated (database unavailable)", extra={"room": room_id})
+            log.warning("database unavailable: message_count change parked", extra={"room": room_id})
+            try:
+                await self.history.park_count(room_id, delta)
+            except Unavailable:
+                log.error("message_count change lost: PostgreSQL and Redis both unavailable",
+                          extra={"room": room_id})
+
+    async def apply_parked_counts(self) -> int:
+        """Move parked message_count changes into PostgreSQL; returns how many rooms."""
+        parked = await self.history.take_parked_counts()
+        for index, (room_id, delta) in enumerate(parked.items()):
+            try:
+                await self.store.count_message(room_id, delta)
+            except Unavailable:
+                for rest_room, rest_delta in list(parked.items())[index:]:
+                    await self.history.park_count(rest_room, rest_delta)
+                raise
+        return len(parked)
+
+    async def reconcile_forever(self, every: float = 2.0) -> None:
+        """Background task: apply parked counter changes as soon as both stores answer."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if applied := await self.apply_parked_counts():
+                    log.info("applied parked message_count changes for %d rooms", applied)
+            except Unavailable:
+                pass  # a store is still away; the next round tries again
+            except Exception:
+                log.exception("reconciling message counts failed")
 
     async def delete_message(self, caller: Caller, ref: str, message_id: str) -> None:
         agent = caller.require_agent()
