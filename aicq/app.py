@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -46,7 +47,7 @@ async def _connect_store(url: str, attempts: int = 30) -> Store:
             if applied:
                 log.info("applied migrations %s", applied)
             return store
-        except (OSError, ConnectionError) as exc:
+        except (OSError, asyncpg.CannotConnectNowError) as exc:  # still starting up
             if attempt == attempts - 1:
                 raise
             log.warning("waiting for PostgreSQL: %s", exc)

@@ -19,7 +19,7 @@ from typing import Any
 import bcrypt
 from ulid import ULID
 
-from aicq import metrics, protocol, validation
+from aicq import __version__, metrics, protocol, validation
 from aicq.auth import Authenticator, Credentials
 from aicq.errors import Forbidden, NotFound, Unauthorized, Unavailable, Unprocessable
 from aicq.history import History
@@ -322,7 +322,7 @@ class ChatService:
         healthy = postgres["status"] == redis["status"] == "pass"
         return {
             "status": "healthy" if healthy else "degraded",
-            "version": __import__("aicq").__version__,
+            "version": __version__,
             "region": self.settings.region,
             "instance": self.settings.instance,
             "checks": {"postgres": postgres, "redis": redis},
