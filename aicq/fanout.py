@@ -44,6 +44,11 @@ class Event:
     id: str
     ts: int | None
 
+    @property
+    def key(self) -> tuple[int, str] | None:
+        """A room message's place in (ts, id) order; None for other events."""
+        return (self.ts, self.id) if self.kind == "message" and self.ts is not None else None
+
 
 class Listener(Protocol):
     def deliver(self, events: list[Event], frames: bytes) -> None:
@@ -64,6 +69,14 @@ def parse_publication(data: bytes) -> tuple[float, Event] | None:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         log.warning("ignored a malformed publication")
         return None
+
+
+async def _close_quietly(pubsub: aioredis.client.PubSub | None) -> None:
+    if pubsub is not None:
+        try:
+            await pubsub.aclose()
+        except Exception:  # closing a connection that already failed may fail too
+            pass
 
 
 def message_event(message: Message) -> Event:
@@ -171,7 +184,6 @@ class Hub:
     # Reading
 
     async def _read_forever(self) -> None:
-        backoff = 0.1
         while True:
             try:
                 assert self._pubsub is not None
@@ -187,18 +199,12 @@ class Hub:
                             break
                         batch.append(more)
                     self._handle(batch)
-                backoff = 0.1
             except asyncio.CancelledError:
                 raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except Exception as exc:  # whatever broke, a fresh connection is the cure
                 self.connected.clear()
-                log.warning("pub/sub connection lost (%s); reconnecting", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                log.warning("pub/sub connection lost (%s: %s); reconnecting", type(exc).__name__, exc)
                 await self._reconnect()
-            except Exception:
-                log.exception("hub read failed")
-                await asyncio.sleep(backoff)
 
     def _handle(self, messages: list[dict]) -> None:
         """Confirm subscriptions, and dispatch publications grouped by channel, in order."""
@@ -242,36 +248,12 @@ class Hub:
                 metrics.WS_DELIVERY_LATENCY.observe(max(0.0, now - moment))
 
     async def _reconnect(self) -> None:
-        """A fresh pub/sub connection with every live channel, then a back-fill from history."""
-        async with self._lock:
-            cursors: dict[str, int | str] = {}
-            for channel in self._listeners:
-                if channel.startswith("aicq:room:"):
-                    seen = self._last_seen.get(channel)
-                    cursors[channel] = seen[1] if seen else self._joined_at.get(channel, 0)
-            self._held = {channel: [] for channel in cursors}
-            try:
-                assert self._redis is not None
-                if self._pubsub is not None:
-                    try:
-                        await self._pubsub.aclose()
-                    except Exception:
-                        pass
-                self._pubsub = self._redis.pubsub()
-                await self._pubsub.connect()
-                channels = list(self._listeners)
-                if channels:
-                    await self._pubsub.subscribe(*channels)
-                    await self._await_confirmations(set(channels))
-            except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError):
-                self._held = None
-                return  # still down: the read loop tries again
-            for waiting in self._confirmations.values():
-                if not waiting.done():
-                    waiting.set_result(None)
-            self._confirmations.clear()
-            self.connected.set()
-            log.info("pub/sub reconnected; back-filling %d rooms", len(cursors))
+        """Until it works: a fresh pub/sub connection with every live channel; then a
+        back-fill from history of whatever was published while the hub was away."""
+        backoff = 0.1
+        while (cursors := await self._resubscribe()) is None:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
         delivered: dict[str, set[str]] = {}
         try:
             delivered = await self._backfill(cursors)
@@ -282,13 +264,47 @@ class Hub:
                 if fresh:
                     self.dispatch(channel, [e for _, e in fresh], [p for p, _ in fresh])
 
-    async def _await_confirmations(self, channels: set[str]) -> None:
+    async def _resubscribe(self) -> dict[str, int | str] | None:
+        """One attempt; the new connection replaces the old only once it works.
+
+        Returns each room channel's back-fill cursor, or None if Redis is still away.
+        Live events for those rooms wait in ``_held`` until the back-fill is done.
+        """
+        async with self._lock:
+            cursors: dict[str, int | str] = {}
+            for channel in self._listeners:
+                if channel.startswith("aicq:room:"):
+                    seen = self._last_seen.get(channel)
+                    cursors[channel] = seen[1] if seen else self._joined_at.get(channel, 0)
+            assert self._redis is not None
+            pubsub = self._redis.pubsub()
+            self._held = {channel: [] for channel in cursors}
+            try:
+                await pubsub.connect()
+                channels = list(self._listeners)
+                if channels:
+                    await pubsub.subscribe(*channels)
+                    await self._await_confirmations(pubsub, set(channels))
+            except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError):
+                self._held = None
+                await _close_quietly(pubsub)
+                return None
+            old, self._pubsub = self._pubsub, pubsub
+            await _close_quietly(old)
+            for waiting in self._confirmations.values():
+                if not waiting.done():
+                    waiting.set_result(None)
+            self._confirmations.clear()
+            self.connected.set()
+            log.info("pub/sub reconnected; back-filling %d rooms", len(cursors))
+            return cursors
+
+    async def _await_confirmations(self, pubsub: aioredis.client.PubSub, channels: set[str]) -> None:
         deadline = time.monotonic() + CONFIRM_TIMEOUT_S
-        assert self._pubsub is not None
         while channels:
             if time.monotonic() > deadline:
                 raise TimeoutError("subscription not confirmed")
-            message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=0.5)
+            message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=0.5)
             if message is None:
                 continue
             if message["type"] == "subscribe":

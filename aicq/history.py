@@ -7,7 +7,10 @@ Keys keep the Go server's names and member format (SPEC §9):
 - ``dm:{id}:inbox``       sorted set of DM JSON, 7-day retention
 - ``search:words:{word}`` sorted set of ``{room_id}:{msg_id}``, score = ts
 - ``stats:recent``        list of the newest public members (ours, for /stats)
-- ``counts:parked``       hash room → message_count change PostgreSQL missed (ours)
+- ``counts:parked:{db}``  hash room → message_count change PostgreSQL missed (ours;
+  ``db`` is a digest of DATABASE_URL, so stores sharing one Redis keep theirs apart)
+- ``append:done:{token}`` the id and ts an append gave, for 2 minutes (ours): redis-py
+  retries a command whose connection broke, and a retried append must not store twice
 
 Every multi-step write (history + index + trim + search + publish) is one Lua
 script, so no reader sees half a message and no subscriber misses a stored one.
@@ -129,6 +132,14 @@ local function increment(id)
 end
 
 local zkey, hkey, recent = KEYS[1], KEYS[2], KEYS[3]
+-- A client retrying after a lost reply sends the same random part: answer it with
+-- the message already stored instead of storing it twice.
+local done_key = 'append:done:' .. ARGV[1]
+local done = redis.call('GET', done_key)
+if done then
+  local sep = string.find(done, ':', 1, true)
+  return {string.sub(done, 1, sep - 1), string.sub(done, sep + 1)}
+end
 local ttl = tonumber(ARGV[8])
 local clock = redis.call('TIME')
 local ts = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -168,6 +179,7 @@ if ARGV[10] == '1' then
 end
 local published = clock[1] .. '.' .. string.format('%%06d', tonumber(clock[2]))
 redis.call('PUBLISH', ARGV[11], published .. '|' .. ARGV[5] .. id .. ARGV[6] .. ts_text .. ARGV[7])
+redis.call('SET', done_key, id .. ':' .. ts_text, 'EX', 120)
 return {id, ts_text}
 """ % (TRIM_BATCH, RECENT_KEEP - 1)
 
@@ -271,7 +283,8 @@ return out
 # KEYS: inbox   ARGV: member, ts, cutoff, ttl, channel, publication
 _DM = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+-- A retried call finds its DM stored already: publish it only once.
+if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
@@ -450,13 +463,14 @@ class History:
                 continue
         return out
 
-    async def park_count(self, room_id: str, delta: int) -> None:
-        """Keep a message_count change PostgreSQL could not take, for later."""
-        await timed(self.redis.hincrby(PARKED_COUNTS_KEY, room_id, delta))
+    async def park_count(self, database: str, room_id: str, delta: int) -> None:
+        """Keep a message_count change ``database`` could not take, for later."""
+        await timed(self.redis.hincrby(f"{PARKED_COUNTS_KEY}:{database}", room_id, delta))
 
-    async def take_parked_counts(self) -> dict[str, int]:
-        """Every parked change, removed atomically (so two instances never apply one twice)."""
-        pairs = await timed(self._take_counts(keys=[PARKED_COUNTS_KEY]))
+    async def take_parked_counts(self, database: str) -> dict[str, int]:
+        """Every change parked for ``database``, removed atomically (so two instances
+        never apply one twice)."""
+        pairs = await timed(self._take_counts(keys=[f"{PARKED_COUNTS_KEY}:{database}"]))
         return {pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
     async def claim_nonce(self, agent_id: str, nonce: str) -> bool:

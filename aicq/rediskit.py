@@ -7,6 +7,8 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -19,13 +21,18 @@ _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def connect(url: str) -> aioredis.Redis:
+    """A pooled client. A command whose connection broke is retried once, on a fresh
+    one: after Redis restarts, every pooled connection is dead once, and that must not
+    cost a request. (Our multi-step scripts are idempotent under such a retry.)"""
     return aioredis.from_url(
         url,
         socket_timeout=5,
-        socket_connect_timeout=2,
+        socket_connect_timeout=1,
         health_check_interval=15,
         max_connections=200,
         decode_responses=False,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries=1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
 

@@ -198,20 +198,20 @@ class ChatService:
         except Unavailable:
             log.warning("database unavailable: message_count change parked", extra={"room": room_id})
             try:
-                await self.history.park_count(room_id, delta)
+                await self.history.park_count(self.store.identity, room_id, delta)
             except Unavailable:
                 log.error("message_count change lost: PostgreSQL and Redis both unavailable",
                           extra={"room": room_id})
 
     async def apply_parked_counts(self) -> int:
         """Move parked message_count changes into PostgreSQL; returns how many rooms."""
-        parked = await self.history.take_parked_counts()
+        parked = await self.history.take_parked_counts(self.store.identity)
         for index, (room_id, delta) in enumerate(parked.items()):
             try:
                 await self.store.count_message(room_id, delta)
             except Unavailable:
                 for rest_room, rest_delta in list(parked.items())[index:]:
-                    await self.history.park_count(rest_room, rest_delta)
+                    await self.history.park_count(self.store.identity, rest_room, rest_delta)
                 raise
         return len(parked)
 

@@ -56,19 +56,36 @@ class Registry:
 
 @dataclass(eq=False)
 class Subscription:
-    """A session's interest in one room. While ``held`` is a list, replay is running."""
+    """A session's interest in one room. While ``held`` is a list, replay is running.
+
+    ``newest`` is the (ts, id) of the last message this subscriber got. Live events
+    arrive in (ts, id) order, so anything not newer is something it already has: a
+    back-fill after a Redis outage overlapping its own replay, say. It is dropped.
+    """
 
     session: Session
     room_id: str
     held: list[Event] | None = field(default_factory=list)
+    newest: tuple[int, str] | None = None
 
     def deliver(self, events: list[Event], frames: bytes) -> None:
-        if self.held is None:
-            self.session.push(frames)
-        elif len(self.held) + len(events) <= MAX_HELD_EVENTS:
-            self.held.extend(events)
-        else:
-            self.session.too_slow()
+        if self.held is not None:
+            if len(self.held) + len(events) <= MAX_HELD_EVENTS:
+                self.held.extend(events)
+            else:
+                self.session.too_slow()
+            return
+        first = events[0].key
+        if self.newest is not None and (first is None or first <= self.newest):
+            events = [e for e in events if e.key is None or e.key > self.newest]
+            if not events:
+                return
+            frames = b"".join(e.frame for e in events)
+        for event in reversed(events):
+            if event.key is not None:
+                self.newest = event.key
+                break
+        self.session.push(frames)
 
 
 class Session:
@@ -201,32 +218,37 @@ class Session:
             # Listen first, then read history: whatever is published meanwhile waits in
             # `held` and goes out after the replay, minus what the replay already sent.
             await self.hub.join_room(room.id, subscription)
-            replayed, recovered = await self._replay(room, cursor) if cursor is not None else (set(), True)
+            replayed, newest, recovered = (
+                await self._replay(room, cursor) if cursor is not None else (set(), None, True))
         except BaseException:
             self.subscriptions.pop(room.id, None)
             await self.hub.leave_room(room.id, subscription)
             raise
         self.send(protocol.ok(ref, room={"id": room.id, "name": room.name},
                               replayed=len(replayed), recovered=recovered))
+        subscription.newest = newest
         held, subscription.held = subscription.held or [], None
-        fresh = [event.frame for event in held if event.id not in replayed]
+        fresh = [event for event in held if event.id not in replayed]
         if fresh:
-            self.push(b"".join(fresh))
+            subscription.deliver(fresh, b"".join(event.frame for event in fresh))
         return None
 
-    async def _replay(self, room: Any, cursor: int | str) -> tuple[set[str], bool]:
+    async def _replay(self, room: Any, cursor: int | str) -> tuple[set[str], tuple[int, str] | None, bool]:
+        """Send history after ``cursor``: (ids sent, (ts, id) of the newest, recovered)."""
         sent: set[str] = set()
+        newest = None
         recovered = True
         async for page, page_recovered in self.service.replay(room, cursor):
             recovered = page_recovered
             for message in page:
                 sent.add(message.id)
+                newest = (message.ts, message.id)
                 self.socket.send(protocol.message_event(message))
             if not await self.socket.drain(REPLAY_DRAIN_TIMEOUT_S):
                 if self.socket.open:  # still connected, just not reading
                     self.too_slow()
                 break
-        return sent, recovered
+        return sent, newest, recovered
 
     async def op_unsubscribe(self, args: dict[str, Any], ref: Any) -> bytes:
         ref_room = _string(args, "room")

@@ -7,6 +7,7 @@ path, and lets streaming and posting ride out a short PostgreSQL outage.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -56,8 +57,10 @@ def _room(row: asyncpg.Record) -> Room:
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, identity: str = "default"):
         self.pool = pool
+        # Names this database among others sharing a Redis (see ChatService._count).
+        self.identity = identity
         self._agents: LRU = LRU(50_000)
         self._rooms: LRU = LRU(20_000)
         self._room_names: LRU = LRU(20_000)
@@ -67,20 +70,29 @@ class Store:
         pool = await asyncpg.create_pool(
             url, min_size=min_size, max_size=max_size, command_timeout=5, timeout=5
         )
-        return cls(pool)
+        return cls(pool, hashlib.sha256(url.encode()).hexdigest()[:16])
 
     async def close(self) -> None:
         await self.pool.close()
 
     async def _run(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run one query, timing it; a lost database becomes a clean 503."""
+        """Run one query, timing it; a lost database becomes a clean 503.
+
+        After PostgreSQL restarts, each pooled connection is dead until used once; a
+        query that meets one is retried once on a fresh connection.
+        """
         started = time.perf_counter()
         try:
-            async with self.pool.acquire(timeout=3) as conn:
-                return await query(conn)
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
-            raise Unavailable("database unavailable") from exc
-        except asyncpg.CannotConnectNowError as exc:
+            for attempt in (1, 2):
+                try:
+                    async with self.pool.acquire(timeout=3) as conn:
+                        return await query(conn)
+                except asyncpg.ConnectionDoesNotExistError:
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                asyncpg.InterfaceError, TimeoutError) as exc:
             raise Unavailable("database unavailable") from exc
         finally:
             metrics.POSTGRES_LATENCY.observe(time.perf_counter() - started)

@@ -215,8 +215,11 @@ async def test_parked_message_counts_reach_postgres(http: httpx.AsyncClient, sto
 
     agent = await new_agent(http)
     room = (await agent.create_room(http))["id"]
+    import hashlib
+
     client = aioredis.from_url(stores[1])
-    await client.hincrby("counts:parked", room, 3)
+    database = hashlib.sha256(stores[0].encode()).hexdigest()[:16]
+    await client.hincrby(f"counts:parked:{database}", room, 3)
     await client.aclose()
 
     async def count() -> int:
