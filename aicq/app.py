@@ -15,6 +15,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from aicq import migrate, rediskit, routes, session, web
 from aicq.errors import AICQError, MethodNotAllowed, NotFound
@@ -55,7 +57,28 @@ async def _connect_store(url: str, attempts: int = 30) -> Store:
     raise AssertionError("unreachable")
 
 
-def create_app(settings: Settings) -> Starlette:
+class WebSocketFront:
+    """Routes ``/ws`` straight to its session; everything else to the Starlette app.
+
+    An open session is a suspended coroutine stack that lives as long as the
+    connection, and every middleware layer it passes through stays on that stack.
+    None of the HTTP middleware does anything for a WebSocket, so sessions skip it:
+    tens of thousands of them per instance make that worth a few KiB each.
+    """
+
+    def __init__(self, app: Starlette):
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            scope["app"] = self.app
+            await session.endpoint(WebSocket(scope, receive, send))
+        else:
+            await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings) -> WebSocketFront:
     assert settings.database_url and settings.redis_url, "serve resolves the store URLs first"
 
     @asynccontextmanager
@@ -111,4 +134,4 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    return app
+    return WebSocketFront(app)

@@ -34,7 +34,7 @@ BCRYPT_ROUNDS = 10
 REPLAY_PAGE = 500
 
 
-@dataclass
+@dataclass(slots=True)
 class Caller:
     """Who is asking: their IP, the agent once authenticated, the quota last charged."""
 

@@ -54,7 +54,7 @@ class Registry:
             session.socket.close(code, reason)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscription:
     """A session's interest in one room. While ``held`` is a list, replay is running.
 
@@ -89,6 +89,10 @@ class Subscription:
 
 
 class Session:
+    # One per open connection, 10,000s per instance: no per-object __dict__.
+    __slots__ = ("caller", "closing", "hub", "id", "queue_limit", "service", "socket", "subscriptions",
+                 "websocket")
+
     def __init__(self, websocket: WebSocket, socket: Socket, service: ChatService, hub: Hub, caller: Caller):
         self.websocket = websocket
         self.socket = socket

@@ -104,3 +104,10 @@ class AICQWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"]["aicq.socket"] = Socket(self)
+
+    def start_keepalive(self) -> None:
+        # Called once the handshake response is written: the parsed request and the
+        # response are never read again, and would otherwise live (~1.5 KiB) as long
+        # as the connection.
+        self.request = self.response = None  # type: ignore[assignment]
+        super().start_keepalive()

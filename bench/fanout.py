@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 import secrets
 import time
 
 import httpx
 import orjson
+import uvloop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aicq import signing
@@ -61,8 +63,9 @@ async def publish(poster: Poster, room: str, rate: float, seconds: float) -> int
 
 
 async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, rate: float,
-                     seconds: float) -> dict:
-    poster = Poster(urls_ports[0][0])
+                     seconds: float, publishers: int = 1) -> dict:
+    posters = [Poster(urls_ports[i % len(urls_ports)][0]) for i in range(publishers)]
+    poster = posters[0]
     room = poster.create_room()
     latencies: list[float] = []
     share = subscribers // len(urls_ports)
@@ -76,7 +79,7 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     split_before = [cpu_split(pid) for _, _, pid in urls_ports]
     frames_before = sum(s.frames for s in everyone)
     started = time.perf_counter()
-    sent = await publish(poster, room, rate, seconds)
+    sent = sum(await asyncio.gather(*[publish(p, room, rate / publishers, seconds) for p in posters]))
     expected = frames_before + sent * len(everyone)
     deadline = time.perf_counter() + 30
     # Polls a sum over thousands of protocol objects: cheaper than an event per frame.
@@ -122,19 +125,29 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rates", default="50,20", help="posts/s per size")
     parser.add_argument("--idle", type=int, default=10_000, help="sessions for the memory figure (0: skip)")
+    parser.add_argument("--publishers", type=int, default=1,
+                        help="concurrent posters sharing the rate (publications then queue up and coalesce)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and client to cores")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    rates = [float(r) for r in args.rates.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    rates = [float(r) for r in args.rates.split(",") if r][:len(sizes)]
     with servers(args.servers, WS_HEARTBEAT="60") as running:
         targets = [(s.url, s.port, s.process.pid) for s in running]
+        if args.pin and os.cpu_count() and os.cpu_count() >= 2:
+            # Server(s) on the first core, this load client on the last: they stop
+            # competing for one core's time and caches (the stores float).
+            for _, _, pid in targets:
+                os.sched_setaffinity(pid, {0})
+            os.sched_setaffinity(0, {os.cpu_count() - 1})
 
         async def go() -> None:
             for size, rate in zip(sizes, rates, strict=True):
-                report(f"{args.servers} server(s)", await run_fanout(targets, size, rate, args.seconds))
+                result = await run_fanout(targets, size, rate, args.seconds, args.publishers)
+                report(f"{args.servers} server(s), {args.publishers} publisher(s)", result)
             if args.idle and args.servers == 1:
                 await idle_memory(targets[0][1], targets[0][2], args.idle)
 
-        asyncio.run(go())
+        uvloop.run(go())
 
 
 if __name__ == "__main__":
