@@ -7,6 +7,8 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from aicq.client.commands import register_commands
+
 
 def _serve(args: argparse.Namespace) -> int:
     from aicq import serve
@@ -61,12 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply, revert or show database migrations")
     migrate.add_argument("action", choices=["up", "down", "status"])
     migrate.set_defaults(func=_migrate)
-    try:
-        from aicq.client.commands import register_commands
-    except ImportError:  # the client ships with the package; only a broken install lacks it
-        pass
-    else:
-        register_commands(sub)
+    register_commands(sub)
     return parser
 
 
