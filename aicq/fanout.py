@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
@@ -43,11 +43,13 @@ class Event:
     room: str | None
     id: str
     ts: int | None
+    # A room message's place in (ts, id) order; None for other events. Computed once
+    # here: every subscriber compares it.
+    key: tuple[int, str] | None = field(init=False, default=None)
 
-    @property
-    def key(self) -> tuple[int, str] | None:
-        """A room message's place in (ts, id) order; None for other events."""
-        return (self.ts, self.id) if self.kind == "message" and self.ts is not None else None
+    def __post_init__(self) -> None:
+        if self.kind == "message" and self.ts is not None:
+            object.__setattr__(self, "key", (self.ts, self.id))
 
 
 class Listener(Protocol):
