@@ -46,7 +46,10 @@ WS_SLOW_DISCONNECTS = Counter(
     registry=REGISTRY,
 )
 WS_DELIVERY_LATENCY = Histogram(
-    "aicq_ws_delivery_latency_seconds", "Publish-to-hand-off latency of live events",
+    "aicq_ws_delivery_latency_seconds",
+    "Live events: Redis publish until every local subscriber has been handed the frames",
     registry=REGISTRY,
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    # Fine around 5-20 ms: that is where fanning out to thousands of sessions lands.
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025,
+             0.05, 0.1, 0.25, 0.5, 1),
 )

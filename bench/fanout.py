@@ -5,6 +5,10 @@
 
 Messages are posted through the real REST endpoint (~200-byte bodies); the server's
 own CPU (utime + stime from /proc) is divided by the deliveries the subscribers saw.
+Latency is reported twice: end to end (the poster's clock in the body, read by 50
+subscribers: includes the REST round trip and this client), and as the server saw it
+(aicq_ws_delivery_latency_seconds: Redis publish until every local session has the
+frames; bucket bounds).
 The load client runs on the same 2-core machine and costs a core of its own.
 """
 
@@ -75,6 +79,7 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
                                              latencies=latencies))
     everyone = [s for group in groups for s in group]
     await asyncio.sleep(1)  # let subscribe bookkeeping settle before measuring
+    histograms_before = [delivery_histogram(url) for url, _, _ in urls_ports]
     cpu_before = [cpu_seconds(pid) for _, _, pid in urls_ports]
     split_before = [cpu_split(pid) for _, _, pid in urls_ports]
     frames_before = sum(s.frames for s in everyone)
@@ -88,12 +93,39 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     elapsed = time.perf_counter() - started
     cpu = [cpu_seconds(pid) - before for (_, _, pid), before in zip(urls_ports, cpu_before, strict=True)]
     delivered = sum(s.frames for s in everyone) - frames_before
+    histograms_after = [delivery_histogram(url) for url, _, _ in urls_ports]
+    handoff = [histogram_quantile(histograms_before, histograms_after, q) for q in (0.5, 0.99)]
     split = [tuple(a - b for a, b in zip(cpu_split(pid), before, strict=True))
              for (_, _, pid), before in zip(urls_ports, split_before, strict=True)]
     for s in everyone:
         s.transport.close()
     return {"subscribers": len(everyone), "sent": sent, "delivered": delivered, "expected": sent * len(everyone),
-            "seconds": elapsed, "cpu": cpu, "split": split, "latencies": latencies}
+            "seconds": elapsed, "cpu": cpu, "split": split, "latencies": latencies, "handoff": handoff}
+
+
+def delivery_histogram(url: str) -> dict[float, float]:
+    """Cumulative bucket counts of aicq_ws_delivery_latency_seconds, by upper bound."""
+    buckets: dict[float, float] = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("aicq_ws_delivery_latency_seconds_bucket"):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def histogram_quantile(before: list[dict[float, float]], after: list[dict[float, float]], q: float) -> float:
+    """The bucket bound under which a fraction ``q`` of this run's events were handed off."""
+    totals: dict[float, float] = {}
+    for old, new in zip(before, after, strict=True):
+        for bound, count in new.items():
+            totals[bound] = totals.get(bound, 0.0) + count - old.get(bound, 0.0)
+    bounds = sorted(totals)
+    if not bounds or totals[bounds[-1]] == 0:
+        return float("nan")
+    for bound in bounds:
+        if totals[bound] >= q * totals[bounds[-1]]:
+            return bound
+    return bounds[-1]
 
 
 def report(label: str, result: dict) -> None:
@@ -104,6 +136,7 @@ def report(label: str, result: dict) -> None:
           f"{result['delivered']:>8}/{result['expected']:<8}  {result['delivered'] / result['seconds']:>9,.0f} deliveries/s  "
           f"server CPU {per_delivery:5.2f} µs/delivery ({', '.join(f'{c:.2f}s' for c in result['cpu'])})  "
           f"latency p50 {percentile(ms, 0.5):.1f} ms p99 {percentile(ms, 0.99):.1f} ms  "
+          f"(server publish→hand-off p50 ≤{result['handoff'][0] * 1000:g} ms p99 ≤{result['handoff'][1] * 1000:g} ms)  "
           f"[user/system: {', '.join(f'{u:.2f}/{k:.2f}s' for u, k in result['split'])}]", flush=True)
 
 
