@@ -17,7 +17,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aicq import auth, metrics, protocol, validation
-from aicq.errors import AICQError, BadRequest, Unauthorized
+from aicq.errors import AICQError, BadRequest, Unauthorized, Unavailable
 from aicq.fanout import Event, Hub
 from aicq.routes import client_ip
 from aicq.service import Caller, ChatService
@@ -31,7 +31,7 @@ MAX_HELD_EVENTS = 10_000
 REPLAY_DRAIN_TIMEOUT_S = 30.0
 
 CLOSE_POLICY = 1008
-CLOSE_TOO_SLOW = 1013
+CLOSE_TOO_SLOW = 1013  # "try again later": too slow, or a store is away
 CLOSE_RESTART = 1012
 
 
@@ -143,7 +143,11 @@ class Session:
                                  self.service.settings.ws_heartbeat, self.service.settings.instance))
         try:
             if agent is not None:
-                await self.hub.join_dms(agent.id, self)
+                try:
+                    await self.hub.join_dms(agent.id, self)
+                except Unavailable as exc:  # Redis is away: come back and resume
+                    self.socket.close(CLOSE_TOO_SLOW, exc.message[:120])
+                    return
             while not self.closing:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
