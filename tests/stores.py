@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,12 @@ def test_stores() -> Iterator[tuple[str, str]]:
     """
     from aicq.embedded import EmbeddedStores, silence_platformdirs_warning
 
+    # A run stopped with SIGTERM (a CI timeout, `timeout ...`) must still stop the
+    # servers it started: unwind instead of dying on the spot.
+    def unwind(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
     base_db, base_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     tmp = Path(tempfile.mkdtemp(prefix="aicq-test-stores-"))
     embedded = EmbeddedStores(tmp)
@@ -62,3 +69,4 @@ def test_stores() -> Iterator[tuple[str, str]]:
 
             redis.Redis.from_url(redis_url).flushdb()
         embedded.stop()
+        signal.signal(signal.SIGTERM, previous)
