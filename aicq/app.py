@@ -99,8 +99,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         try:
             yield
         finally:
-            reconciler.cancel()
-            await app.state.sessions.close_all(1012, "server restarting")
+            reconciler.cancel()  # sessions are closed by now: uvicorn sends them 1012 first
             await hub.stop()
             await redis.aclose()
             await store.close()

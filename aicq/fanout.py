@@ -101,13 +101,11 @@ class Hub:
         self._held: dict[str, list[tuple[float | None, Event]]] | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
 
     async def start(self) -> None:
         self._redis = rediskit.connect(self._url)
         self._pubsub = self._redis.pubsub()
         await self._pubsub.connect()
-        self.connected.set()
         self._task = asyncio.create_task(self._read_forever(), name="aicq-hub")
 
     async def stop(self) -> None:
@@ -204,7 +202,6 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # whatever broke, a fresh connection is the cure
-                self.connected.clear()
                 log.warning("pub/sub connection lost (%s: %s); reconnecting", type(exc).__name__, exc)
                 await self._reconnect()
 
@@ -297,7 +294,6 @@ class Hub:
                 if not waiting.done():
                     waiting.set_result(None)
             self._confirmations.clear()
-            self.connected.set()
             log.info("pub/sub reconnected; back-filling %d rooms", len(cursors))
             return cursors
 

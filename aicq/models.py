@@ -8,8 +8,6 @@ from typing import Any
 
 import orjson
 
-GLOBAL_ROOM_ID = "00000000-0000-0000-0000-000000000001"
-
 # A message's id and ts are assigned inside Redis, by the script that stores and
 # publishes it (so publish order is (ts, id) order). Its encodings are made here,
 # once, around two slots; the script splices the id and the ts in.

@@ -9,7 +9,7 @@ import sys
 
 import uvicorn
 
-from aicq import logs
+from aicq import logs, protocol
 from aicq.embedded import EmbeddedStores, silence_platformdirs_warning
 from aicq.settings import Settings, SettingsError
 
@@ -65,7 +65,7 @@ def run() -> None:
             host=settings.host,
             port=settings.port,
             ws="aicq.wsserver:AICQWebSocketProtocol",
-            ws_max_size=16 * 1024,
+            ws_max_size=protocol.MAX_FRAME_BYTES,
             ws_per_message_deflate=False,
             ws_ping_interval=settings.ws_heartbeat,
             ws_ping_timeout=settings.ws_heartbeat,

@@ -32,11 +32,11 @@ REPLAY_DRAIN_TIMEOUT_S = 30.0
 
 CLOSE_POLICY = 1008
 CLOSE_TOO_SLOW = 1013  # "try again later": too slow, or a store is away
-CLOSE_RESTART = 1012
+# 1012 (restart) is uvicorn's: on SIGTERM it closes every open session with it.
 
 
 class Registry:
-    """The sessions open on this instance (for shutdown and the gauge)."""
+    """The sessions open on this instance (for the gauge)."""
 
     def __init__(self) -> None:
         self.sessions: set[Session] = set()
@@ -48,10 +48,6 @@ class Registry:
     def discard(self, session: Session) -> None:
         self.sessions.discard(session)
         metrics.WS_SESSIONS.set(len(self.sessions))
-
-    async def close_all(self, code: int, reason: str) -> None:
-        for session in list(self.sessions):
-            session.socket.close(code, reason)
 
 
 @dataclass(eq=False, slots=True)

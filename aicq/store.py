@@ -21,7 +21,6 @@ from aicq.errors import Unavailable
 from aicq.models import Agent, Room
 
 T = TypeVar("T")
-K = TypeVar("K")
 
 
 class LRU(OrderedDict):

@@ -43,9 +43,6 @@ class Socket:
     def open(self) -> bool:
         return self._conn.state is State.OPEN and not self._transport.is_closing()
 
-    def buffered(self) -> int:
-        return self._transport.get_write_buffer_size()
-
     def offer(self, frames: bytes, limit: int) -> bool:
         """Write ``frames`` unless that would put more than ``limit`` bytes in the buffer.
 
