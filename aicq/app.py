@@ -18,12 +18,14 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from aicq import migrate, rediskit, routes, session, web
+from aicq import migrate, rediskit
+from aicq.edge import rest, session, web
+from aicq.edge.middleware import HttpObservability
+from aicq.edge.request import error_response
 from aicq.errors import AICQError, MethodNotAllowed, NotFound
 from aicq.fanout import Hub
 from aicq.history import History
 from aicq.limits import Limiter
-from aicq.middleware import HttpObservability
 from aicq.service import ChatService
 from aicq.settings import Settings
 from aicq.store import Store
@@ -90,7 +92,6 @@ def create_app(settings: Settings) -> WebSocketFront:
         service = ChatService(settings, store, history, Limiter(redis, auto_block=settings.auto_block_enabled))
         hub = Hub(settings.redis_url, history)
         await hub.start()
-        app.state.settings = settings
         app.state.service = service
         app.state.hub = hub
         app.state.sessions = session.Registry()
@@ -112,12 +113,12 @@ def create_app(settings: Settings) -> WebSocketFront:
             if exc.status_code not in (404, 405):
                 error.status = exc.status_code
             error.headers = dict(exc.headers or {})  # 405 carries Allow
-            return routes.error_response(error)
+            return error_response(error)
         log.exception("unhandled error", exc_info=exc)
-        return routes.error_response(AICQError())
+        return error_response(AICQError())
 
     app = Starlette(
-        routes=[*routes.ROUTES, *web.ROUTES, WebSocketRoute("/ws", session.endpoint)],
+        routes=[*rest.ROUTES, *web.ROUTES, WebSocketRoute("/ws", session.endpoint)],
         middleware=[
             Middleware(HttpObservability, viewer_csp=web.VIEWER_CSP),
             Middleware(

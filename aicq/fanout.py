@@ -24,8 +24,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from aicq import metrics, protocol, rediskit
 from aicq.errors import Unavailable
 from aicq.history import History, dm_channel, room_channel
-from aicq.models import Message
-from aicq.wsserver import text_frame
+from aicq.models import DirectMessage, Message
+from aicq.protocol import text_frame
 
 log = logging.getLogger("aicq.fanout")
 
@@ -41,14 +41,14 @@ class Event:
     frame: bytes  # the serialised WebSocket frame, built once per instance
     kind: str  # "message", "deleted" or "dm"
     room: str | None
-    id: str
+    id: str  # the message's (for "deleted": the deleted message's)
     ts: int | None
-    # A room message's place in (ts, id) order; None for other events. Computed once
-    # here: every subscriber compares it.
+    # A message's or DM's place in its channel's (ts, id) order; None for other
+    # events. Computed once here: every subscriber compares it.
     key: tuple[int, str] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        if self.kind == "message" and self.ts is not None:
+        if self.kind != "deleted" and self.ts is not None:
             object.__setattr__(self, "key", (self.ts, self.id))
 
 
@@ -85,6 +85,10 @@ def message_event(message: Message) -> Event:
     return Event(text_frame(protocol.message_event(message)), "message", message.room_id, message.id, message.ts)
 
 
+def dm_event(dm: DirectMessage) -> Event:
+    return Event(text_frame(protocol.dm_event(dm)), "dm", None, dm.id, dm.ts)
+
+
 class Hub:
     def __init__(self, redis_url: str, history: History):
         self._url = redis_url
@@ -93,7 +97,7 @@ class Hub:
         self._pubsub: aioredis.client.PubSub | None = None
         self._listeners: dict[str, set[Listener]] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
-        # The newest (ts, id) delivered per room: where a back-fill resumes.
+        # The newest (ts, id) delivered per channel: where a back-fill resumes.
         self._last_seen: dict[str, tuple[int, str]] = {}
         self._joined_at: dict[str, int] = {}
         # While a back-fill runs, live events of the rooms being back-filled wait here,
@@ -230,10 +234,10 @@ class Hub:
     def dispatch(self, channel: str, events: list[Event], published: list[float | None] | None = None) -> None:
         """Hand ``events`` (one channel's, in order) to every local listener of the channel."""
         for event in events:
-            if event.kind == "message" and event.ts is not None:
+            if event.key is not None:
                 seen = self._last_seen.get(channel)
-                if seen is None or (event.ts, event.id) > seen:
-                    self._last_seen[channel] = (event.ts, event.id)
+                if seen is None or event.key > seen:
+                    self._last_seen[channel] = event.key
         listeners = self._listeners.get(channel)
         if not listeners:
             return
@@ -253,28 +257,30 @@ class Hub:
         while (cursors := await self._resubscribe()) is None:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
-        delivered: dict[str, set[str]] = {}
         try:
-            delivered = await self._backfill(cursors)
+            await self._backfill(cursors)
         finally:
             held, self._held = self._held or {}, None
             for channel, publications in held.items():
-                fresh = [(p, e) for p, e in publications if e.id not in delivered.get(channel, ())]
+                # The back-fill delivered everything up to _last_seen; a held deletion
+                # (no key) is always news.
+                seen = self._last_seen.get(channel)
+                fresh = [(p, e) for p, e in publications if e.key is None or seen is None or e.key > seen]
                 if fresh:
                     self.dispatch(channel, [e for _, e in fresh], [p for p, _ in fresh])
 
-    async def _resubscribe(self) -> dict[str, int | str] | None:
+    async def _resubscribe(self) -> dict[str, tuple[int, str] | int] | None:
         """One attempt; the new connection replaces the old only once it works.
 
-        Returns each room channel's back-fill cursor, or None if Redis is still away.
-        Live events for those rooms wait in ``_held`` until the back-fill is done.
+        Returns each channel's back-fill cursor (the newest (ts, id) it delivered, or
+        the ms it was joined at), or None if Redis is still away. Live events for
+        those channels wait in ``_held`` until the back-fill is done.
         """
         async with self._lock:
-            cursors: dict[str, int | str] = {}
-            for channel in self._listeners:
-                if channel.startswith("aicq:room:"):
-                    seen = self._last_seen.get(channel)
-                    cursors[channel] = seen[1] if seen else self._joined_at.get(channel, 0)
+            cursors: dict[str, tuple[int, str] | int] = {
+                channel: self._last_seen.get(channel) or self._joined_at.get(channel, 0)
+                for channel in self._listeners
+            }
             assert self._redis is not None
             pubsub = self._redis.pubsub()
             self._held = {channel: [] for channel in cursors}
@@ -294,7 +300,7 @@ class Hub:
                 if not waiting.done():
                     waiting.set_result(None)
             self._confirmations.clear()
-            log.info("pub/sub reconnected; back-filling %d rooms", len(cursors))
+            log.info("pub/sub reconnected; back-filling %d channels", len(cursors))
             return cursors
 
     async def _await_confirmations(self, pubsub: aioredis.client.PubSub, channels: set[str]) -> None:
@@ -310,24 +316,21 @@ class Hub:
             elif message["type"] == "message":
                 self._handle([message])
 
-    async def _backfill(self, cursors: dict[str, int | str]) -> dict[str, set[str]]:
-        """Deliver each room's history after its cursor; returns the ids delivered per room.
-
-        DMs need no back-fill: they wait in the recipient's inbox (GET /dm).
-        """
-        delivered: dict[str, set[str]] = {}
+    async def _backfill(self, cursors: dict[str, tuple[int, str] | int]) -> None:
+        """Deliver each channel's history after its cursor: room messages from the
+        room's history, DMs from the recipient's inbox."""
         for channel, cursor in cursors.items():
-            room_id = channel.rpartition(":")[2]
-            ids = delivered.setdefault(channel, set())
+            kind, _, owner = channel.rpartition(":")
             try:
-                while channel in self._listeners:
-                    page = await self._history.after(room_id, cursor, BACKFILL_PAGE)
-                    ids.update(message.id for message in page)
-                    if page:
+                if kind == "aicq:room":
+                    after = cursor[1] if isinstance(cursor, tuple) else cursor
+                    async for page in self._history.pages_after(owner, after, BACKFILL_PAGE):
+                        if channel not in self._listeners:
+                            break
                         self.dispatch(channel, [message_event(message) for message in page])
-                    if len(page) < BACKFILL_PAGE:
-                        break
-                    cursor = page[-1].id
+                else:
+                    dms = await self._history.dms_after(owner, cursor, BACKFILL_PAGE)
+                    if dms and channel in self._listeners:
+                        self.dispatch(channel, [dm_event(dm) for dm in dms])
             except Unavailable:
                 log.warning("back-fill of %s failed; Redis unavailable", channel)
-        return delivered

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
@@ -319,6 +320,16 @@ def _decode(members: list[bytes], cutoff: int) -> list[Message]:
     return out
 
 
+def _decode_dms(members: list[bytes]) -> list[DirectMessage]:
+    out = []
+    for member in members:
+        try:
+            out.append(DirectMessage.from_redis(orjson.loads(member)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a foreign entry: skip it rather than fail the inbox
+    return out
+
+
 @dataclass(frozen=True)
 class Page:
     messages: list[Message]
@@ -409,13 +420,30 @@ class History:
     async def after(self, room_id: str, cursor: int | str, limit: int) -> list[Message]:
         """Up to ``limit`` retained messages strictly after ``cursor``, oldest first."""
         cutoff = self.cutoff()
-        if isinstance(cursor, int) and cursor < cutoff:
+        if (ulid_ms(cursor) if isinstance(cursor, str) else cursor) < cutoff:
+            # Whatever follows an expired cursor may be expired too, and still
+            # waiting to be trimmed: start at the retention edge instead, so a page
+            # is never filled with entries that are then dropped.
             cursor = cutoff - 1
         members = await timed(self._after(
             keys=[messages_key(room_id), index_key(room_id)],
             args=self._cursor_args(cursor, limit, cutoff),
         ))
         return _decode(members, cutoff)
+
+    async def pages_after(self, room_id: str, cursor: int | str, page_size: int) -> AsyncIterator[list[Message]]:
+        """Every retained message after ``cursor``, oldest first, ``page_size`` at a time.
+
+        The one walk over history: a WebSocket replay, SSE and long-poll resume, and
+        the hub's back-fill after a Redis loss all read through it.
+        """
+        while True:
+            page = await self.after(room_id, cursor, page_size)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            cursor = page[-1].id
 
     async def search(self, words: list[str], *, room_id: str | None, after: int | None, limit: int) -> list[Message]:
         cutoff = self.cutoff()
@@ -455,12 +483,19 @@ class History:
         members = await timed(self.redis.zrange(
             inbox_key(agent_id), "+inf", cutoff, desc=True, byscore=True, offset=0, num=limit
         ))
+        return _decode_dms(members)
+
+    async def dms_after(self, agent_id: str, cursor: tuple[int, str] | int, limit: int) -> list[DirectMessage]:
+        """Up to ``limit`` retained DMs to ``agent_id`` after ``cursor`` ((ts, id), or
+        unix ms), oldest first. Members sharing a ts sort by id (they start with it)."""
+        since_ms = cursor[0] if isinstance(cursor, tuple) else cursor
+        members = await timed(self.redis.zrange(
+            inbox_key(agent_id), max(since_ms, _now_ms() - DM_TTL_MS), "+inf", byscore=True,
+            offset=0, num=limit))
         out = []
-        for member in members:
-            try:
-                out.append(DirectMessage.from_redis(orjson.loads(member)))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
+        for dm in _decode_dms(members):
+            if not isinstance(cursor, tuple) or (dm.ts, dm.id) > cursor:
+                out.append(dm)
         return out
 
     async def park_count(self, database: str, room_id: str, delta: int) -> None:

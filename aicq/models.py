@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -30,6 +30,11 @@ def spliced(data: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
     return head, middle, tail
 
 
+def rfc3339(moment: datetime) -> str:
+    """RFC 3339 in UTC with a Z, as the Go server printed times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass(frozen=True, slots=True)
 class Agent:
     id: str
@@ -49,7 +54,7 @@ class Room:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A room message. ``to_json`` is the Go server's Redis member format."""
+    """A room message. ``to_redis`` is the Go server's Redis member format."""
 
     id: str
     room_id: str

@@ -1,60 +1,195 @@
-"""WebSocket protocol v1 frames (SPEC §6), pure: parse client ops, encode server frames.
+"""WebSocket protocol v1 (SPEC §6), pure: typed client ops, server frames, close codes.
 
 Nothing here touches a socket or a store, so every rule is tested with values.
-Server events are encoded once per message, by whoever publishes it, and the
-same bytes go to every subscriber on every instance.
+A client frame is parsed once, at the boundary, into one of the small op types
+below; everything past ``parse`` works with typed values. Server events are
+encoded once per message, by whoever publishes it, and the same bytes go to every
+subscriber on every instance.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from websockets.frames import Frame, Opcode
 
-from aicq.errors import BadRequest
+from aicq import auth, validation
+from aicq.errors import AICQError, BadRequest
 from aicq.models import DirectMessage, Message
 
 VERSION = 1
 MAX_FRAME_BYTES = 16 * 1024
 MAX_REF_CHARS = 64
-OPS = frozenset({"auth", "subscribe", "unsubscribe", "post", "dm", "delete", "ping"})
 
 
-@dataclass(frozen=True)
-class Op:
-    """One client request; ``ref`` is echoed in the answer, whatever it was."""
-
-    name: str
-    ref: Any = None
-    args: dict[str, Any] = field(default_factory=dict)
+# Close codes: the one table server, client and docs use.
 
 
-class FrameError(BadRequest):
+@dataclass(frozen=True, slots=True)
+class CloseCode:
+    code: int
+    meaning: str
+    reconnect: bool  # True: reconnect and resume with `since`; False: fix the request first
+
+
+CLOSE_RESTART = CloseCode(1012, "service restart: the instance is shutting down", True)
+CLOSE_TRY_AGAIN = CloseCode(
+    1013, "try again later: the session fell behind its queue, or live delivery is unavailable", True)
+CLOSE_POLICY = CloseCode(1008, "policy violation: authentication failed, or the IP is blocked", False)
+CLOSE_TOO_BIG = CloseCode(1009, f"frame too big (over {MAX_FRAME_BYTES // 1024} KB)", False)
+CLOSE_BAD_DATA = CloseCode(1007, "invalid UTF-8 in a text frame", False)
+CLOSE_INTERNAL = CloseCode(1011, "internal error (or /ws served by something other than `aicq serve`)", True)
+
+CLOSE_CODES: dict[int, CloseCode] = {
+    c.code: c for c in (CLOSE_RESTART, CLOSE_TRY_AGAIN, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_BAD_DATA,
+                        CLOSE_INTERNAL)
+}
+
+
+def should_reconnect(code: int) -> bool:
+    """Whether a client closed with ``code`` should reconnect and resume.
+
+    Codes outside the table (an abnormal closure, a proxy's own) are treated as
+    transient: reconnecting is the only way to find out.
+    """
+    known = CLOSE_CODES.get(code)
+    return known is None or known.reconnect
+
+
+# Client ops
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    credentials: auth.Credentials
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    room: str
+    key: str | None = None
+    since: int | str | None = None  # unix ms or a message id; None: live only
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    room: str
+    body: object  # the service validates bodies, one rule for REST and WS
+    pid: object = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendDM:
+    to: str
+    body: object
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    room: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+Op = Auth | Subscribe | Unsubscribe | Post | SendDM | Delete | Ping
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One client frame: the op, and the ``ref`` its answer echoes, whatever it was."""
+
+    ref: Any
+    op: Op
+
+
+class FrameError(AICQError):
     """A frame that is not a valid op; carries the ref when one could be read."""
 
-    def __init__(self, message: str, ref: Any = None):
-        super().__init__(message)
+    def __init__(self, error: AICQError, ref: Any = None):
+        super().__init__(error.message)
+        self.status = error.status
         self.ref = ref
 
 
-def parse(frame: str | bytes) -> Op:
+def _string(args: dict[str, Any], name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{name} must be a non-empty string")
+    return value
+
+
+def _optional_string(args: dict[str, Any], name: str) -> str | None:
+    return None if args.get(name) is None else _string(args, name)
+
+
+def _auth(args: dict[str, Any]) -> Auth:
+    ts = args.get("ts")
+    if isinstance(ts, int) and not isinstance(ts, bool):
+        ts = str(ts)  # a number or a string, as clients find easier
+    return Auth(auth.credentials(args.get("agent"), args.get("nonce"), ts, args.get("sig")))
+
+
+_PARSERS: dict[str, Any] = {
+    "auth": _auth,
+    "subscribe": lambda a: Subscribe(_string(a, "room"), _optional_string(a, "key"),
+                                     validation.cursor(a.get("since"), "since")),
+    "unsubscribe": lambda a: Unsubscribe(_string(a, "room")),
+    "post": lambda a: Post(_string(a, "room"), a.get("body"), a.get("pid"), _optional_string(a, "key")),
+    "dm": lambda a: SendDM(_string(a, "to"), a.get("body")),
+    "delete": lambda a: Delete(_string(a, "room"), _string(a, "id")),
+    "ping": lambda a: Ping(),
+}
+OPS = frozenset(_PARSERS)
+
+
+def parse(frame: str | bytes) -> Request:
+    """The typed request in ``frame``.
+
+    Raises:
+        FrameError: not JSON, not an object, an unusable ``ref``, an unknown op, or
+            arguments of the wrong shape (400; 401 for malformed ``auth`` values).
+    """
     try:
         data = orjson.loads(frame)
     except orjson.JSONDecodeError:
-        raise FrameError("frame must be a JSON object") from None
+        raise FrameError(BadRequest("frame must be a JSON object")) from None
     if not isinstance(data, dict):
-        raise FrameError("frame must be a JSON object")
+        raise FrameError(BadRequest("frame must be a JSON object"))
     ref = data.pop("ref", None)
     if ref is not None and not (
         (isinstance(ref, str) and len(ref) <= MAX_REF_CHARS)
         or (isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) < 1 << 53)
     ):
-        raise FrameError(f"ref must be a string of at most {MAX_REF_CHARS} characters or an integer")
+        raise FrameError(BadRequest(
+            f"ref must be a string of at most {MAX_REF_CHARS} characters or an integer"))
     name = data.pop("op", None)
-    if not isinstance(name, str) or name not in OPS:
-        raise FrameError("unknown op; expected one of " + ", ".join(sorted(OPS)), ref)
-    return Op(name, ref, data)
+    parser = _PARSERS.get(name) if isinstance(name, str) else None
+    if parser is None:
+        raise FrameError(BadRequest("unknown op; expected one of " + ", ".join(sorted(OPS))), ref)
+    try:
+        return Request(ref, parser(data))
+    except AICQError as exc:
+        raise FrameError(exc, ref) from None
+
+
+# Server frames
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented text frame (what a server sends)."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
 
 
 def _encode(data: dict[str, Any]) -> bytes:

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,32 +21,50 @@ from ulid import ULID
 
 from aicq import __version__, metrics, protocol, validation
 from aicq.auth import Authenticator, Credentials
-from aicq.errors import Forbidden, NotFound, Unauthorized, Unavailable, Unprocessable
+from aicq.cache import LRU
+from aicq.errors import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable, Unprocessable
 from aicq.history import History
-from aicq.limits import Limiter, Quota
-from aicq.models import Agent, DirectMessage, Message, Room, spliced
+from aicq.limits import LIMITS, Limiter, Quota
+from aicq.models import Agent, DirectMessage, Message, Room, rfc3339, spliced
 from aicq.settings import Settings
-from aicq.store import LRU, Store, rfc3339
+from aicq.store import Store
 
 log = logging.getLogger("aicq.service")
 
 BCRYPT_ROUNDS = 10
-REPLAY_PAGE = 500
+REPLAY_PAGE = 200
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is asking: their IP, the agent once authenticated, the quota last charged."""
+    """Who is asking: their IP, and the agent once a signature proved who they are."""
 
     ip: str
     whitelisted: bool = False
     agent: Agent | None = None
-    quota: Quota | None = field(default=None, compare=False)
+
+    def signed_in(self, agent: Agent) -> Caller:
+        return replace(self, agent=agent)
 
     def require_agent(self) -> Agent:
         if self.agent is None:
             raise Unauthorized("authentication required")
         return self.agent
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """A stored room message or DM: its id and its ts (unix ms)."""
+
+    id: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    id: str
+    profile_url: str
+    created: bool  # False: the key was registered already, this is its agent
 
 
 class ChatService:
@@ -64,35 +82,39 @@ class ChatService:
     def caller(self, ip: str) -> Caller:
         return Caller(ip=ip, whitelisted=self.settings.is_whitelisted(ip))
 
-    async def authenticate(self, caller: Caller, creds: Credentials, body: bytes) -> Agent:
-        caller.agent = await self.auth.verify(creds, body)
-        return caller.agent
+    async def authenticate(self, creds: Credentials, body: bytes) -> Agent:
+        """The agent who signed ``body`` (401 otherwise); its nonce is spent."""
+        return await self.auth.verify(creds, body)
 
     async def ensure_not_blocked(self, caller: Caller) -> None:
         if not caller.whitelisted:
             await self.limiter.ensure_not_blocked(caller.ip)
 
-    async def _charge(self, caller: Caller, limit: str) -> None:
+    async def admit(self, caller: Caller, action: str) -> Quota:
+        """Spend one request of ``action``'s budget (SPEC §5); 429 when it is spent.
+
+        Every transport admits an action before performing it, so a budget is the
+        same whichever way the request came in. An agent-scoped action needs an
+        authenticated caller (401 before anything is counted).
+        """
+        if LIMITS[action].scope == "agent":
+            caller.require_agent()
         if caller.whitelisted:  # counted nowhere, but told the budget like everyone else
-            caller.quota = self.limiter.untouched(limit)
-            return
+            return self.limiter.untouched(action)
         agent_id = caller.agent.id if caller.agent else None
-        caller.quota = await self.limiter.hit(limit, ip=caller.ip, agent_id=agent_id)
+        return await self.limiter.hit(action, ip=caller.ip, agent_id=agent_id)
 
     # Agents
 
-    async def register(self, caller: Caller, data: dict[str, Any]) -> tuple[dict, bool]:
-        await self._charge(caller, "register")
-        key = validation.public_key(data.get("public_key"))
-        name = validation.agent_name(data.get("name"))
-        email = validation.email(data.get("email"))
-        agent, created = await self.store.register_agent(key, name, email)
+    async def register(self, public_key: object, name: object, email: object) -> Registered:
+        key = validation.public_key(public_key)
+        agent, created = await self.store.register_agent(
+            key, validation.agent_name(name), validation.email(email))
         if created:
             metrics.AGENTS_REGISTERED.inc()
-        return {"id": agent.id, "profile_url": f"/who/{agent.id}"}, created
+        return Registered(agent.id, f"/who/{agent.id}", created)
 
-    async def who(self, caller: Caller, agent_id: str) -> dict:
-        await self._charge(caller, "who")
+    async def who(self, agent_id: str) -> dict[str, Any]:
         agent = await self.store.get_agent(validation.parse_uuid(agent_id, "agent id"))
         if agent is None:
             raise NotFound("agent not found")
@@ -107,8 +129,7 @@ class ChatService:
 
     # Rooms
 
-    async def channels(self, caller: Caller, limit: int, offset: int) -> dict:
-        await self._charge(caller, "channels")
+    async def channels(self, limit: int, offset: int) -> dict[str, Any]:
         rows, total = await self.store.list_public_rooms(limit, offset)
         return {
             "channels": [
@@ -119,11 +140,10 @@ class ChatService:
             "total": total,
         }
 
-    async def create_room(self, caller: Caller, data: dict[str, Any]) -> dict:
+    async def create_room(self, caller: Caller, name: object, is_private: object, key: object) -> dict[str, Any]:
         agent = caller.require_agent()
-        await self._charge(caller, "create_room")
-        name = validation.room_name(data.get("name"))
-        key = validation.room_key(data.get("is_private", False), data.get("key"))
+        name = validation.room_name(name)
+        key = validation.room_key(is_private, key)
         key_hash = None
         if key is not None:
             hashed = await asyncio.to_thread(bcrypt.hashpw, key.encode(), bcrypt.gensalt(BCRYPT_ROUNDS))
@@ -160,23 +180,20 @@ class ChatService:
             raise Forbidden("invalid room key")
         self._verified_keys.put(fingerprint, True)
 
-    async def read_room(self, caller: Caller, ref: str, key: str | None, limit: int, before: Any) -> dict:
-        await self._charge(caller, "read_room")
-        cursor = validation.cursor(before, "before")
+    async def read_room(self, ref: str, key: str | None, limit: int, before: int | str | None) -> dict[str, Any]:
         room = await self.room(ref, key)
-        page = await self.history.before(room.id, cursor, limit)
+        page = await self.history.before(room.id, before, limit)
         return {
             "room": {"id": room.id, "name": room.name},
             "messages": [m.to_public() for m in page.messages],
             "has_more": page.has_more,
         }
 
-    async def post_message(self, caller: Caller, ref: str, data: dict[str, Any], key: str | None) -> dict:
+    async def post_message(self, caller: Caller, ref: str, body: object, pid: object, key: str | None) -> Posted:
         agent = caller.require_agent()
-        await self._charge(caller, "post_message")
         room = await self.room(ref, key)
-        body = validation.message_body(data.get("body"))
-        pid = validation.parent_id(data.get("pid"))
+        body = validation.message_body(body)
+        pid = validation.parent_id(pid)
         if pid is not None and await self.history.find(room.id, pid) is None:
             raise Unprocessable("pid must be the id of a message in this room")
         if not caller.whitelisted:
@@ -188,7 +205,7 @@ class ChatService:
         message = await self.history.append(draft, public=public, words=words, frame=frame)
         metrics.MESSAGES_POSTED.labels(room_type="private" if room.is_private else "public").inc()
         await self._count(room.id, +1)
-        return {"id": message.id, "ts": message.ts}
+        return Posted(message.id, message.ts)
 
     async def _count(self, room_id: str, delta: int) -> None:
         # The message is stored and published by now: a PostgreSQL outage must not turn
@@ -229,7 +246,6 @@ class ChatService:
 
     async def delete_message(self, caller: Caller, ref: str, message_id: str) -> None:
         agent = caller.require_agent()
-        await self._charge(caller, "delete_message")
         # Deleting needs no room key: authorship is the permission that matters.
         room = await self.resolve_room(ref)
         message_id = validation.message_id(message_id)
@@ -248,33 +264,40 @@ class ChatService:
 
     # Direct messages
 
-    async def send_dm(self, caller: Caller, recipient_id: str, data: dict[str, Any]) -> dict:
+    async def send_dm(self, caller: Caller, recipient_id: str, body: object) -> Posted:
         agent = caller.require_agent()
-        await self._charge(caller, "send_dm")
         recipient = await self.store.get_agent(validation.parse_uuid(recipient_id, "recipient id"))
-        body = validation.dm_body(data.get("body"))
+        body = validation.dm_body(body)
         if recipient is None:
             raise NotFound("recipient not found")
         ulid = ULID()
         dm = DirectMessage(str(ulid), agent.id, recipient.id, body, ulid.milliseconds)
         await self.history.add_dm(dm, protocol.dm_event(dm))
         metrics.DMS_SENT.inc()
-        return {"id": dm.id, "ts": dm.ts}
+        return Posted(dm.id, dm.ts)
 
-    async def read_dms(self, caller: Caller, limit: int) -> dict:
+    async def read_dms(self, caller: Caller, limit: int) -> dict[str, Any]:
         agent = caller.require_agent()
-        await self._charge(caller, "read_dms")
         return {"messages": [dm.to_public() for dm in await self.history.dms(agent.id, limit)]}
 
     # Search and stats
 
-    async def search(self, caller: Caller, q: Any, room_ref: str | None, after: int | None, limit: int) -> dict:
-        await self._charge(caller, "search")
+    async def search(self, q: str | None, room_ref: str | None, after: int | None, limit: int) -> dict[str, Any]:
         tokens = validation.query_tokens(q)
         room_id = None
         if room_ref:
-            room = await self.room(room_ref, None)  # a private room answers 403 here
-            room_id = room.id
+            if not validation.looks_like_room_name(room_ref):  # a canonical UUID is one too
+                raise BadRequest("room must be a room UUID or a public room's name")
+            try:
+                room = await self.resolve_room(room_ref)
+            except NotFound:
+                room = None
+            if room is None or room.is_private:
+                # As the Go server answered: nothing found. Saying "not found" or
+                # "private" would tell a stranger which private rooms exist.
+                tokens = []
+            else:
+                room_id = room.id
         metrics.SEARCH_QUERIES.inc()
         hits = await self.history.search(tokens, room_id=room_id, after=after, limit=limit) if tokens else []
         results = []
@@ -286,7 +309,7 @@ class ChatService:
                             "from": message.sender, "body": message.body, "ts": message.ts})
         return {"query": q, "results": results, "total": len(results)}
 
-    async def stats(self) -> dict:
+    async def stats(self) -> dict[str, Any]:
         figures = await self.store.stats()
         recent = await self.history.recent()
         public_recent = []
@@ -309,7 +332,7 @@ class ChatService:
             ],
         }
 
-    async def health(self) -> tuple[dict, bool]:
+    async def health(self) -> tuple[dict[str, Any], bool]:
         async def check(probe: Any) -> dict:
             started = time.perf_counter()
             try:
@@ -329,30 +352,17 @@ class ChatService:
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }, healthy
 
-    # Realtime reads (the session calls these; the hub delivers live events)
+    # Realtime reads (transports call these; the hub delivers live events)
 
-    async def charge_replay(self, caller: Caller) -> None:
-        """A WebSocket subscribe that replays history costs what a GET /room costs.
-
-        A subscribe without ``since`` reads nothing, so it is free: a viewer watching
-        many rooms must not exhaust, and then be blocked by, the history budget.
-        """
-        await self._charge(caller, "read_room")
-
-    async def replay(self, room: Room, cursor: int | str) -> AsyncIterator[tuple[list[Message], bool]]:
-        """Pages of every retained message after ``cursor``, oldest first.
-
-        Each page comes with ``recovered``: False when the cursor is older than the
-        retention window, so messages after it may have expired unseen.
-        """
+    def recovered(self, cursor: int | str) -> bool:
+        """False when ``cursor`` is older than what history still holds: messages
+        after it may have expired unseen."""
         cursor_ms = cursor if isinstance(cursor, int) else validation.ulid_ms(cursor)
-        recovered = cursor_ms >= self.history.cutoff()
-        while True:
-            page = await self.history.after(room.id, cursor, REPLAY_PAGE)
-            yield page, recovered
-            if len(page) < REPLAY_PAGE:
-                return
-            cursor = page[-1].id
+        return cursor_ms >= self.history.cutoff()
+
+    def replay(self, room: Room, cursor: int | str) -> AsyncIterator[list[Message]]:
+        """Pages of every retained message of ``room`` after ``cursor``, oldest first."""
+        return self.history.pages_after(room.id, cursor, REPLAY_PAGE)
 
 
 def _ms(started: float) -> str:

@@ -32,7 +32,6 @@ class Settings:
     redis_url: str | None = None
     data_dir: Path = Path("./data")
     fly_region: str | None = None
-    fly_alloc_id: str | None = None
     rate_limit_whitelist: tuple[IPNetwork, ...] = ()
     auto_block_enabled: bool = True
     admin_agent_id: str | None = None
@@ -104,7 +103,6 @@ class Settings:
             redis_url=redis_url,
             data_dir=Path(get("DATA_DIR") or "./data"),
             fly_region=get("FLY_REGION"),
-            fly_alloc_id=get("FLY_ALLOC_ID"),
             rate_limit_whitelist=_networks(get("RATE_LIMIT_WHITELIST")),
             auto_block_enabled=_bool(get("AUTO_BLOCK_ENABLED"), "AUTO_BLOCK_ENABLED", True),
             admin_agent_id=admin,

@@ -9,38 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
 
 from aicq import metrics
+from aicq.cache import LRU
 from aicq.errors import Unavailable
 from aicq.models import Agent, Room
 
 T = TypeVar("T")
-
-
-class LRU(OrderedDict):
-    """A bounded mapping that forgets the least recently used entry."""
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        return default
-
-    def put(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        if len(self) > self.capacity:
-            self.popitem(last=False)
 
 
 _AGENT_COLUMNS = "id::text AS id, public_key, name, email, created_at"
@@ -235,7 +214,3 @@ class Store:
 
         return await self._run(query)
 
-
-def rfc3339(moment: datetime) -> str:
-    """RFC 3339 in UTC with a Z, as the Go server printed times."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -12,6 +12,8 @@ import unicodedata
 import uuid
 from typing import Any
 
+from ulid import ULID
+
 from aicq.errors import BadRequest, NotFound, Unprocessable
 
 MAX_BODY_BYTES = 4096
@@ -23,8 +25,6 @@ MAX_ROOM_KEY_BYTES = 72  # bcrypt's input limit; the Go server hashed keys with 
 
 _ROOM_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,50}$")
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
-_ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _TOKEN = re.compile(r"[a-z0-9]+")
 _INTEGER = re.compile(r"^-?[0-9]{1,100}$")  # ranges are checked after parsing
 
@@ -55,15 +55,18 @@ def is_uuid(value: str) -> bool:
 
 
 def is_ulid(value: Any) -> bool:
-    return isinstance(value, str) and bool(_ULID.match(value.upper()))
+    if not isinstance(value, str) or len(value) != 26:
+        return False
+    try:
+        ULID.from_str(value.upper())
+    except ValueError:  # not Crockford base32, or a time past the 48-bit range
+        return False
+    return True
 
 
 def ulid_ms(value: str) -> int:
-    """The millisecond timestamp in a ULID's first ten characters."""
-    ms = 0
-    for char in value[:10].upper():
-        ms = ms * 32 + _CROCKFORD.index(char)
-    return ms
+    """The millisecond timestamp of a ULID (``is_ulid`` holds)."""
+    return ULID.from_str(value.upper()).milliseconds
 
 
 def public_key(value: Any) -> str:

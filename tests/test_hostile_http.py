@@ -45,8 +45,10 @@ async def test_unknown_route_and_method_are_json(http: httpx.AsyncClient) -> Non
 ])
 async def test_odd_paths_never_500(http: httpx.AsyncClient, path: str) -> None:
     response = await http.get(path)
-    assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
-    assert "error" in response.json()
+    # Odd query values are read as the Go service read them (docs/COMPATIBILITY.md):
+    # some are tolerated (200), the rest refused; none breaks the server.
+    assert response.status_code < 500, (path, response.status_code, response.text)
+    assert response.status_code == 200 or "error" in response.json()
 
 
 async def test_huge_numbers_and_odd_unicode_in_bodies(http: httpx.AsyncClient) -> None:

@@ -9,12 +9,57 @@ from aicq import protocol
 from aicq.fanout import parse_publication
 from aicq.history import publication
 from aicq.models import DirectMessage, Message
-from aicq.wsserver import text_frame
+from aicq.protocol import text_frame
 
 
 def test_parse_op_with_ref_and_args() -> None:
-    op = protocol.parse('{"op": "subscribe", "room": "global", "since": 5, "ref": "r1"}')
-    assert op == protocol.Op("subscribe", "r1", {"room": "global", "since": 5})
+    request = protocol.parse('{"op": "subscribe", "room": "global", "since": 5, "ref": "r1"}')
+    assert request == protocol.Request("r1", protocol.Subscribe("global", None, 5))
+
+
+@pytest.mark.parametrize("frame, op", [
+    ('{"op": "ping"}', protocol.Ping()),
+    ('{"op": "subscribe", "room": "r", "key": "k", "since": "01arz3ndektsv4rrffq69g5fav"}',
+     protocol.Subscribe("r", "k", "01ARZ3NDEKTSV4RRFFQ69G5FAV")),
+    ('{"op": "subscribe", "room": "r", "since": "1700000000000"}', protocol.Subscribe("r", None, 1700000000000)),
+    ('{"op": "unsubscribe", "room": "r"}', protocol.Unsubscribe("r")),
+    ('{"op": "post", "room": "r", "body": 5}', protocol.Post("r", 5)),
+    ('{"op": "post", "room": "r", "body": "b", "pid": "p", "key": "k"}', protocol.Post("r", "b", "p", "k")),
+    ('{"op": "dm", "to": "a", "body": "b"}', protocol.SendDM("a", "b")),
+    ('{"op": "delete", "room": "r", "id": "i"}', protocol.Delete("r", "i")),
+])
+def test_each_op_parses_into_its_type(frame: str, op: protocol.Op) -> None:
+    assert protocol.parse(frame).op == op
+
+
+@pytest.mark.parametrize("frame, message", [
+    ('{"op": "subscribe", "ref": 1}', "room must be a non-empty string"),
+    ('{"op": "subscribe", "room": "r", "key": 5, "ref": 1}', "key must be a non-empty string"),
+    ('{"op": "subscribe", "room": "r", "since": true, "ref": 1}', "since must be unix milliseconds or a message id"),
+    ('{"op": "post", "room": "", "ref": 1}', "room must be a non-empty string"),
+    ('{"op": "dm", "body": "x", "ref": 1}', "to must be a non-empty string"),
+    ('{"op": "delete", "room": "r", "ref": 1}', "id must be a non-empty string"),
+])
+def test_wrong_arguments_are_400_with_the_ref(frame: str, message: str) -> None:
+    with pytest.raises(protocol.FrameError) as caught:
+        protocol.parse(frame)
+    assert (caught.value.status, caught.value.message, caught.value.ref) == (400, message, 1)
+
+
+def test_malformed_auth_is_401() -> None:
+    with pytest.raises(protocol.FrameError) as caught:
+        protocol.parse('{"op": "auth", "agent": "nope", "nonce": "n", "ts": 1, "sig": "s", "ref": "a"}')
+    assert (caught.value.status, caught.value.ref) == (401, "a")
+    creds = protocol.parse(
+        '{"op": "auth", "agent": "00000000-0000-0000-0000-000000000001", "nonce": "%s", "ts": 17, "sig": "s"}'
+        % ("n" * 24)).op.credentials
+    assert creds.timestamp == "17"
+
+
+def test_close_codes_say_whether_to_reconnect() -> None:
+    assert protocol.should_reconnect(1012) and protocol.should_reconnect(1013)
+    assert not protocol.should_reconnect(1008) and not protocol.should_reconnect(1009)
+    assert protocol.should_reconnect(1006)  # abnormal closure: not ours, try again
 
 
 @pytest.mark.parametrize("frame, ref", [

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from aicq.wsserver import Flag, Mailbox
+from aicq.edge.wsserver import Flag, Mailbox
 
 
 async def test_mailbox_delivers_in_order_and_wakes_its_reader() -> None:

@@ -42,11 +42,11 @@ from aicq.client.errors import (
 )
 from aicq.client.models import DirectMessage, Event, Gap
 from aicq.client.resume import ResumeState
+from aicq.protocol import should_reconnect
 
 if TYPE_CHECKING:
     from aicq.client.api import AsyncClient
 
-FATAL_CLOSE_CODES = frozenset({1008, 1009})  # policy (auth, blocked), frame too big
 
 
 class _Retry(Exception):
@@ -57,7 +57,7 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, (_Retry, TransportError, RateLimited, ServerError, OSError, TimeoutError)):
         return True
     if isinstance(exc, ConnectionClosed):
-        return exc.rcvd is None or exc.rcvd.code not in FATAL_CLOSE_CODES
+        return exc.rcvd is None or should_reconnect(exc.rcvd.code)
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         return status == 429 or status >= 500

@@ -1,9 +1,9 @@
 """One WebSocket session: handshake, the op loop, subscriptions and their live queue.
 
 Outgoing frames are written straight to the socket's buffer (see wsserver); that
-buffer is the session's bounded queue. A session whose buffer passes
-``WS_QUEUE_BYTES`` is closed with 1013 and resumes elsewhere with ``since``: one
-slow reader never slows the hub or its neighbours.
+buffer is the session's bounded queue, for replayed history and live events alike.
+A session whose buffer passes ``WS_QUEUE_BYTES`` is closed with 1013 and resumes
+elsewhere with ``since``: one slow reader never slows the hub or its neighbours.
 """
 
 from __future__ import annotations
@@ -11,28 +11,29 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aicq import auth, metrics, protocol, validation
+from aicq import auth, metrics, protocol
+from aicq.edge.request import client_ip
+from aicq.edge.wsserver import Socket
 from aicq.errors import AICQError, BadRequest, Unauthorized, Unavailable
 from aicq.fanout import Event, Hub
-from aicq.routes import client_ip
+from aicq.models import Room
+from aicq.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, text_frame
 from aicq.service import Caller, ChatService
-from aicq.wsserver import Socket, text_frame
 
 log = logging.getLogger("aicq.session")
 
 MAX_SUBSCRIPTIONS = 100
 # Live events that may wait while a subscription replays history.
 MAX_HELD_EVENTS = 10_000
-REPLAY_DRAIN_TIMEOUT_S = 30.0
-
-CLOSE_POLICY = 1008
-CLOSE_TOO_SLOW = 1013  # "try again later": too slow, or a store is away
-# 1012 (restart) is uvicorn's: on SIGTERM it closes every open session with it.
+# A replay waits this long at most for the reader to take what is queued; a reader
+# that takes longer is a slow reader like any other.
+REPLAY_STALL_S = 10.0
 
 
 class Registry:
@@ -55,8 +56,9 @@ class Subscription:
     """A session's interest in one room. While ``held`` is a list, replay is running.
 
     ``newest`` is the (ts, id) of the last message this subscriber got. Live events
-    arrive in (ts, id) order, so anything not newer is something it already has: a
-    back-fill after a Redis outage overlapping its own replay, say. It is dropped.
+    arrive in (ts, id) order, so a message not newer is one it already has (from
+    its own replay, or a back-fill after a Redis outage overlapping it): dropped.
+    Other events (a deletion) carry no such key and always pass.
     """
 
     session: Session
@@ -83,6 +85,13 @@ class Subscription:
                 break
         self.session.push(frames)
 
+    def go_live(self, newest: tuple[int, str] | None) -> None:
+        """Replay is done: release the held events it did not already cover."""
+        self.newest = newest
+        held, self.held = self.held or [], None
+        if held:
+            self.deliver(held, b"".join(event.frame for event in held))
+
 
 class Session:
     # One per open connection, 10,000s per instance: no per-object __dict__.
@@ -97,10 +106,13 @@ class Session:
         self.caller = caller
         self.id = uuid.uuid4().hex
         self.queue_limit = service.settings.ws_queue_bytes
+        # Replay waits for the buffer to fall below its high-water mark: keep that
+        # mark well under the queue bound, so a paced frame always fits.
+        socket.cap_high_water(self.queue_limit // 4)
         self.subscriptions: dict[str, Subscription] = {}
         self.closing = False
 
-    # Outgoing
+    # Outgoing: one bounded path for everything the session sends
 
     def push(self, frames: bytes) -> None:
         """Hand serialised frames to the socket, or close the session if it fell behind."""
@@ -110,13 +122,31 @@ class Session:
     def send(self, payload: bytes) -> None:
         self.push(text_frame(payload))
 
+    async def push_paced(self, frames: bytes) -> bool:
+        """``push`` for history being replayed: it may be larger than the queue.
+
+        Waits (bounded) until the socket's buffer is below its high-water mark, then
+        pushes like any live frame, so the queue bound holds throughout. False when
+        the session is closing or too slow.
+        """
+        if not await self.socket.drain(REPLAY_STALL_S):
+            if self.socket.open:  # still connected, just not reading
+                self.too_slow()
+            return False
+        self.push(frames)
+        return not self.closing
+
     def too_slow(self) -> None:
         if self.closing:
             return
         self.closing = True
         metrics.WS_SLOW_DISCONNECTS.inc()
-        log.info("closing a slow reader", extra={"session": self.id, "code": CLOSE_TOO_SLOW})
-        self.socket.close(CLOSE_TOO_SLOW, "too slow: reconnect and resume with since")
+        log.info("closing a slow reader", extra={"session": self.id, "code": CLOSE_TRY_AGAIN.code})
+        self.close(CLOSE_TRY_AGAIN, "too slow: reconnect and resume with since")
+
+    def close(self, code: protocol.CloseCode, reason: str) -> None:
+        self.closing = True
+        self.socket.close(code.code, reason[:120])
 
     def deliver(self, events: list[Event], frames: bytes) -> None:  # DMs: always live
         self.push(frames)
@@ -128,9 +158,9 @@ class Session:
             await self.service.ensure_not_blocked(self.caller)
             creds = auth.from_headers(self.websocket.headers)
             if creds is not None:
-                await self.service.authenticate(self.caller, creds, b"")
+                self.caller = self.caller.signed_in(await self.service.authenticate(creds, b""))
         except AICQError as exc:
-            self.socket.close(CLOSE_POLICY, exc.message[:120])
+            self.close(CLOSE_POLICY, exc.message)
             return
         agent = self.caller.agent
         log.debug("session opened", extra={"session": self.id, "agent": agent.id if agent else None,
@@ -142,7 +172,7 @@ class Session:
                 try:
                     await self.hub.join_dms(agent.id, self)
                 except Unavailable as exc:  # Redis is away: come back and resume
-                    self.socket.close(CLOSE_TOO_SLOW, exc.message[:120])
+                    self.close(CLOSE_TRY_AGAIN, exc.message)
                     return
             while not self.closing:
                 message = await self.websocket.receive()
@@ -169,49 +199,42 @@ class Session:
     # Ops
 
     async def handle(self, text: str) -> None:
-        ref = None
+        ref: Any = None
         op: protocol.Op | None = None
         try:
-            op = protocol.parse(text)
-            ref = op.ref
-            handler = getattr(self, f"op_{op.name}")
-            answer = await handler(op.args, ref)
+            request = protocol.parse(text)
+            ref, op = request.ref, request.op
+            answer = await OPS[type(op)](self, op, ref)
             if answer is not None:
                 self.send(answer)
         except protocol.FrameError as exc:
             self.send(protocol.error(exc.ref, exc.status, exc.message))
-        except Unauthorized as exc:
-            self.send(protocol.error(ref, exc.status, exc.message))
-            if op is not None and op.name == "auth":
-                self.closing = True
-                self.socket.close(CLOSE_POLICY, exc.message[:120])
+            if exc.status == Unauthorized.status:  # a malformed auth frame
+                self.close(CLOSE_POLICY, exc.message)
         except AICQError as exc:
             self.send(protocol.error(ref, exc.status, exc.message))
+            if isinstance(op, protocol.Auth) and isinstance(exc, Unauthorized):
+                self.close(CLOSE_POLICY, exc.message)  # a session that cannot prove who it is ends
         except Exception:
             log.exception("op failed", extra={"session": self.id})
             self.send(protocol.error(ref, 500, "internal error"))
 
-    async def op_ping(self, args: dict[str, Any], ref: Any) -> bytes:
+    async def ping(self, op: protocol.Ping, ref: Any) -> bytes:
         return protocol.pong(ref, int(time.time() * 1000))
 
-    async def op_auth(self, args: dict[str, Any], ref: Any) -> bytes:
+    async def authenticate(self, op: protocol.Auth, ref: Any) -> bytes:
         if self.caller.agent is not None:
             raise BadRequest("already authenticated")
-        ts = args.get("ts")
-        if isinstance(ts, int) and not isinstance(ts, bool):
-            ts = str(ts)
-        creds = auth.credentials(args.get("agent"), args.get("nonce"), ts, args.get("sig"))
-        agent = await self.service.authenticate(self.caller, creds, b"")
+        agent = await self.service.authenticate(op.credentials, b"")
+        self.caller = self.caller.signed_in(agent)
         await self.hub.join_dms(agent.id, self)
         return protocol.ok(ref, agent=agent.id)
 
-    async def op_subscribe(self, args: dict[str, Any], ref: Any) -> bytes | None:
-        ref_room = _string(args, "room")
-        key = _string(args, "key", required=False)
-        cursor = validation.cursor(args.get("since"), "since")
-        if cursor is not None:
-            await self.service.charge_replay(self.caller)
-        room = await self.service.room(ref_room, key)
+    async def subscribe(self, op: protocol.Subscribe, ref: Any) -> None:
+        if op.since is not None:
+            # Replaying history reads what GET /room reads, and costs the same.
+            await self.service.admit(self.caller, "read_room")
+        room = await self.service.room(op.room, op.key)
         if room.id in self.subscriptions:
             await self.hub.leave_room(room.id, self.subscriptions.pop(room.id))
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
@@ -222,79 +245,68 @@ class Session:
             # Listen first, then read history: whatever is published meanwhile waits in
             # `held` and goes out after the replay, minus what the replay already sent.
             await self.hub.join_room(room.id, subscription)
-            replayed, newest, recovered = (
-                await self._replay(room, cursor) if cursor is not None else (set(), None, True))
+            replayed, newest = await self._replay(room, op.since) if op.since is not None else (0, None)
         except BaseException:
             self.subscriptions.pop(room.id, None)
             await self.hub.leave_room(room.id, subscription)
             raise
+        recovered = op.since is None or self.service.recovered(op.since)
         self.send(protocol.ok(ref, room={"id": room.id, "name": room.name},
-                              replayed=len(replayed), recovered=recovered))
-        subscription.newest = newest
-        held, subscription.held = subscription.held or [], None
-        fresh = [event for event in held if event.id not in replayed]
-        if fresh:
-            subscription.deliver(fresh, b"".join(event.frame for event in fresh))
-        return None
+                              replayed=replayed, recovered=recovered))
+        subscription.go_live(newest)
 
-    async def _replay(self, room: Any, cursor: int | str) -> tuple[set[str], tuple[int, str] | None, bool]:
-        """Send history after ``cursor``: (ids sent, (ts, id) of the newest, recovered)."""
-        sent: set[str] = set()
-        newest = None
-        recovered = True
-        async for page, page_recovered in self.service.replay(room, cursor):
-            recovered = page_recovered
+    async def _replay(self, room: Room, cursor: int | str) -> tuple[int, tuple[int, str] | None]:
+        """Send history after ``cursor`` through the bounded queue: (count, newest (ts, id))."""
+        count, newest = 0, None
+        async for page in self.service.replay(room, cursor):
             for message in page:
-                sent.add(message.id)
+                if not await self.push_paced(text_frame(protocol.message_event(message))):
+                    return count, newest
+                count += 1
                 newest = (message.ts, message.id)
-                self.socket.send(protocol.message_event(message))
-            if not await self.socket.drain(REPLAY_DRAIN_TIMEOUT_S):
-                if self.socket.open:  # still connected, just not reading
-                    self.too_slow()
-                break
-        return sent, newest, recovered
+        return count, newest
 
-    async def op_unsubscribe(self, args: dict[str, Any], ref: Any) -> bytes:
-        ref_room = _string(args, "room")
-        room = await self.service.resolve_room(ref_room)
+    async def unsubscribe(self, op: protocol.Unsubscribe, ref: Any) -> bytes:
+        room = await self.service.resolve_room(op.room)
         subscription = self.subscriptions.pop(room.id, None)
         if subscription is not None:
             await self.hub.leave_room(room.id, subscription)
         return protocol.ok(ref, room=room.id)
 
-    async def op_post(self, args: dict[str, Any], ref: Any) -> bytes:
-        room = _string(args, "room")
-        data = {"body": args.get("body"), "pid": args.get("pid")}
-        result = await self.service.post_message(self.caller, room, data, _string(args, "key", required=False))
-        return protocol.ok(ref, **result)
+    async def post(self, op: protocol.Post, ref: Any) -> bytes:
+        await self.service.admit(self.caller, "post_message")
+        posted = await self.service.post_message(self.caller, op.room, op.body, op.pid, op.key)
+        return protocol.ok(ref, id=posted.id, ts=posted.ts)
 
-    async def op_dm(self, args: dict[str, Any], ref: Any) -> bytes:
-        to = _string(args, "to")
-        result = await self.service.send_dm(self.caller, to, {"body": args.get("body")})
-        return protocol.ok(ref, **result)
+    async def send_dm(self, op: protocol.SendDM, ref: Any) -> bytes:
+        await self.service.admit(self.caller, "send_dm")
+        posted = await self.service.send_dm(self.caller, op.to, op.body)
+        return protocol.ok(ref, id=posted.id, ts=posted.ts)
 
-    async def op_delete(self, args: dict[str, Any], ref: Any) -> bytes:
-        room = _string(args, "room")
-        message_id = _string(args, "id")
-        await self.service.delete_message(self.caller, room, message_id)
-        return protocol.ok(ref, room=room, id=message_id)
+    async def delete(self, op: protocol.Delete, ref: Any) -> bytes:
+        await self.service.admit(self.caller, "delete_message")
+        await self.service.delete_message(self.caller, op.room, op.id)
+        return protocol.ok(ref, room=op.room, id=op.id)
 
 
-def _string(args: dict[str, Any], name: str, *, required: bool = True) -> Any:
-    value = args.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{name} must be a non-empty string")
-    return value
+OpHandler = Callable[[Session, Any, Any], Awaitable[bytes | None]]
+OPS: dict[type, OpHandler] = {
+    protocol.Ping: Session.ping,
+    protocol.Auth: Session.authenticate,
+    protocol.Subscribe: Session.subscribe,
+    protocol.Unsubscribe: Session.unsubscribe,
+    protocol.Post: Session.post,
+    protocol.SendDM: Session.send_dm,
+    protocol.Delete: Session.delete,
+}
 
 
 async def endpoint(websocket: WebSocket) -> None:
     app = websocket.app
     socket: Socket | None = websocket.scope.get("extensions", {}).get("aicq.socket")
     if socket is None:  # served by another WebSocket implementation: refuse, loudly
-        log.error("/ws needs aicq.wsserver.AICQWebSocketProtocol (uvicorn --ws)")
-        await websocket.close(1011)
+        log.error("/ws needs aicq.edge.wsserver.AICQWebSocketProtocol (uvicorn --ws)")
+        await websocket.close(CLOSE_INTERNAL.code)
         return
     await websocket.accept()
     service: ChatService = app.state.service

@@ -5,12 +5,12 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from aicq import __version__, metrics
-from aicq.errors import NotFound
+from aicq.edge.request import JSON
 from aicq.paths import DOCS_DIR, WEB_DIR
-from aicq.routes import JSON, error_response
 
 VIEWER_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -44,17 +44,6 @@ async def viewer(request: Request) -> Response:
     return FileResponse(WEB_DIR / "index.html", media_type="text/html; charset=utf-8")
 
 
-async def static(request: Request) -> Response:
-    # Resolve and confine: "../" or a symlink must never step outside web/static.
-    try:
-        path = (STATIC_DIR / request.path_params["path"]).resolve()
-    except (ValueError, OSError):  # a NUL byte, a name too long for the filesystem
-        return error_response(NotFound("file not found"))
-    if not path.is_relative_to(STATIC_DIR) or not path.is_file():
-        return error_response(NotFound("file not found"))
-    return FileResponse(path)
-
-
 async def websocket_only(request: Request) -> Response:
     return JSON({"error": "this endpoint speaks WebSocket: send an Upgrade request"}, status_code=426,
                 headers={"Upgrade": "websocket", "Connection": "Upgrade"})
@@ -63,7 +52,7 @@ async def websocket_only(request: Request) -> Response:
 ROUTES = [
     Route("/", viewer, methods=["GET"]),
     Route("/ws", websocket_only, methods=["GET"]),
-    Route("/static/{path:path}", static, methods=["GET"]),
+    Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     Route("/api", api_info, methods=["GET"]),
     Route("/docs", onboarding, methods=["GET"]),
     Route("/docs/openapi.yaml", openapi, methods=["GET"]),

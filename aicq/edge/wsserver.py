@@ -17,15 +17,9 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 CLOSE_DEADLINE_S = 5.0
-
-
-def text_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented text frame (what a server sends)."""
-    return Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
 
 
 class Socket:
@@ -57,15 +51,13 @@ class Socket:
         transport.write(frames)
         return True
 
-    def write(self, frame: bytes) -> bool:
-        """Queue a serialised frame; False when the connection is no longer open."""
-        if not self.open:
-            return False
-        self._transport.write(frame)
-        return True
-
-    def send(self, payload: bytes) -> bool:
-        return self.write(text_frame(payload))
+    def cap_high_water(self, high: int) -> None:
+        """Pause writing (see ``drain``) once ``high`` bytes wait, if that is lower
+        than the transport's own mark."""
+        transport = self._transport
+        current_high = transport.get_write_buffer_limits()[1]
+        if high < current_high:
+            transport.set_write_buffer_limits(high=high)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until the transport wants more data; False on timeout or close."""

@@ -1,0 +1,193 @@
+"""Thin REST handlers: parse the request, call the service, shape the response.
+
+Each route declares what it needs — a signature, and the budget (SPEC §5) the call
+spends — and ``endpoint`` does the rest in one order for all of them: blocked-IP
+check, body cap, authentication, budget, handler, rate-limit headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from aicq import auth
+from aicq.edge import query
+from aicq.edge.request import (
+    JSON,
+    ROOM_KEY_HEADER,
+    client_ip,
+    error_response,
+    json_object,
+    read_body,
+)
+from aicq.errors import AICQError, Unauthorized
+from aicq.limits import Quota
+from aicq.service import Caller, ChatService
+
+# Who may call a route: anyone; anyone, counted per agent when they sign; signers only.
+PUBLIC, SIGNED_OPTIONAL, SIGNED = "public", "signed-optional", "signed"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One admitted REST request, as a handler sees it."""
+
+    request: Request
+    caller: Caller
+    service: ChatService
+    body: bytes
+
+    @property
+    def params(self) -> Any:
+        return self.request.path_params
+
+    @property
+    def room_key(self) -> str | None:
+        return self.request.headers.get(ROOM_KEY_HEADER)
+
+    def json(self) -> dict[str, Any]:
+        return json_object(self.request, self.body)
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+def endpoint(handler: Handler, *, action: str | None, access: str = PUBLIC) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler: blocked-IP check, body cap, auth, budget, errors, rate-limit headers."""
+
+    async def run(request: Request) -> Response:
+        service: ChatService = request.app.state.service
+        caller = service.caller(client_ip(request))
+        quota: Quota | None = None
+        try:
+            await service.ensure_not_blocked(caller)
+            body = await read_body(request)
+            caller = await _authenticate(service, caller, request, body, access)
+            if action is not None:
+                quota = await service.admit(caller, action)
+            response = await handler(Call(request, caller, service, body))
+        except AICQError as exc:
+            response = error_response(exc)
+        if quota is not None:
+            for name, value in quota.headers().items():
+                response.headers.setdefault(name, value)
+        return response
+
+    return run
+
+
+async def _authenticate(service: ChatService, caller: Caller, request: Request, body: bytes, access: str) -> Caller:
+    if access == PUBLIC:
+        return caller
+    creds = auth.from_headers(request.headers)
+    if creds is None:
+        if access == SIGNED:
+            raise Unauthorized("missing authentication headers")
+        return caller
+    if access == SIGNED:
+        return caller.signed_in(await service.authenticate(creds, body))
+    try:  # a readable endpoint counts a valid signer per agent, anyone else per IP
+        return caller.signed_in(await service.authenticate(creds, body))
+    except Unauthorized:
+        return caller
+
+
+async def register(call: Call) -> Response:
+    data = call.json()
+    registered = await call.service.register(data.get("public_key"), data.get("name"), data.get("email"))
+    return JSON({"id": registered.id, "profile_url": registered.profile_url},
+                status_code=201 if registered.created else 200)
+
+
+async def who(call: Call) -> Response:
+    return JSON(await call.service.who(call.params["id"]))
+
+
+async def channels(call: Call) -> Response:
+    q = call.request.query_params
+    return JSON(await call.service.channels(query.limit(q, 20, 100), query.offset(q)))
+
+
+async def create_room(call: Call) -> Response:
+    data = call.json()
+    room = await call.service.create_room(call.caller, data.get("name"), data.get("is_private", False),
+                                          data.get("key"))
+    return JSON(room, status_code=201)
+
+
+async def read_room(call: Call) -> Response:
+    q = call.request.query_params
+    return JSON(await call.service.read_room(
+        call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q)))
+
+
+async def post_message(call: Call) -> Response:
+    data = call.json()
+    posted = await call.service.post_message(
+        call.caller, call.params["id"], data.get("body"), data.get("pid"), call.room_key)
+    return JSON(posted, status_code=201)
+
+
+async def delete_message(call: Call) -> Response:
+    await call.service.delete_message(call.caller, call.params["id"], call.params["msg_id"])
+    return Response(status_code=204)
+
+
+async def send_dm(call: Call) -> Response:
+    posted = await call.service.send_dm(call.caller, call.params["id"], call.json().get("body"))
+    return JSON(posted, status_code=201)
+
+
+async def read_dms(call: Call) -> Response:
+    return JSON(await call.service.read_dms(call.caller, query.limit(call.request.query_params, 100, 100)))
+
+
+async def find(call: Call) -> Response:
+    q = call.request.query_params
+    return JSON(await call.service.search(
+        query.first(q, "q") or None, query.first(q, "room") or None, query.after_ms(q), query.limit(q, 20, 100)))
+
+
+async def stats(call: Call) -> Response:
+    return JSON(await call.service.stats())
+
+
+async def health(request: Request) -> Response:
+    report, healthy = await request.app.state.service.health()
+    return JSON(report, status_code=200 if healthy else 503)
+
+
+def by_method(**handlers: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """One route, several methods: so a 405 on the path lists all of them in Allow."""
+
+    async def run(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return run
+
+
+ROUTES = [
+    Route("/register", endpoint(register, action="register"), methods=["POST"]),
+    Route("/who/{id}", endpoint(who, action="who"), methods=["GET"]),
+    Route("/channels", endpoint(channels, action="channels"), methods=["GET"]),
+    Route("/room", endpoint(create_room, action="create_room", access=SIGNED), methods=["POST"]),
+    Route("/room/{id}", by_method(
+        GET=endpoint(read_room, action="read_room", access=SIGNED_OPTIONAL),
+        POST=endpoint(post_message, action="post_message", access=SIGNED),
+    ), methods=["GET", "POST"]),
+    Route("/room/{id}/{msg_id}", endpoint(delete_message, action="delete_message", access=SIGNED),
+          methods=["DELETE"]),
+    Route("/dm/{id}", endpoint(send_dm, action="send_dm", access=SIGNED), methods=["POST"]),
+    Route("/dm", endpoint(read_dms, action="read_dms", access=SIGNED), methods=["GET"]),
+    Route("/find", endpoint(find, action="search"), methods=["GET"]),
+    Route("/stats", endpoint(stats, action=None), methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
+]
+
+__all__ = ["JSON", "ROUTES", "error_response"]
