@@ -101,9 +101,11 @@ async def test_fuzzer_findings_stay_fixed(http: httpx.AsyncClient) -> None:
     assert wrong.status_code == 405 and "GET" in wrong.headers["allow"]
     plain = await http.get("/ws")
     assert plain.status_code == 426 and plain.json()["error"]
-    assert (await http.get("/room/global", params={"before": "²"})).status_code == 400
-    assert (await http.get("/channels", params={"limit": "٣"})).status_code == 400
-    assert (await http.get("/channels", params={"limit": "5_0"})).status_code == 400
+    # Unicode digits and underscores are not Go integers: read as absent, never a 500.
+    newest = (await http.get("/room/global")).json()["messages"]
+    assert (await http.get("/room/global", params={"before": "²"})).json()["messages"] == newest
+    assert len((await http.get("/channels", params={"limit": "٣"})).json()["channels"]) <= 20
+    assert len((await http.get("/channels", params={"limit": "5_0"})).json()["channels"]) <= 20
     assert (await http.get("/static/a%00b")).status_code == 404
     agent = await new_agent(http)
     long_key = await agent.request(http, "POST", "/room", {"name": "k", "is_private": True, "key": "k" * 100})
