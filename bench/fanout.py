@@ -1,10 +1,24 @@
 """Fan-out: server CPU per delivery, deliveries/s, publish-to-deliver latency, memory per session.
 
-    python -m bench.fanout                 # N = 1,000 and 5,000, one server; memory at 10,000
+    python -m bench.fanout                 # the default scenarios below, one server; memory at 10,000
     python -m bench.fanout --servers 2     # the same fan-out split over two servers
+    python -m bench.fanout --sizes 1000 --rates max --publishers 1 --idle 0   # one scenario
+
+Default scenarios, 1,000 subscribers unless said:
+- closed loop, 1 publisher: each post waits for the previous one's answer, so each
+  publication reaches the hub alone and every delivery is its own write;
+- closed loop, 8 publishers ("under load"): publications queue up on the pub/sub
+  connection and the hub coalesces them, several frames per write;
+- 5,000 subscribers at 20 posts/s.
 
 Messages are posted through the real REST endpoint (~200-byte bodies); the server's
-own CPU (utime + stime from /proc) is divided by the deliveries the subscribers saw.
+own CPU (utime + stime from /proc) is divided by the deliveries the subscribers saw
+(it includes the REST posts). Beside each figure, the floor: a bare uvloop process
+(bench.barewrite) doing the same number of ``transport.write`` calls of the same
+frame bytes, at the same pace, to the same number of sockets of this load client.
+Memory per idle session is measured on a fresh server each (freed memory would be
+reused otherwise): authenticated sessions (one agent each, signed upgrade) and
+anonymous ones.
 Latency is reported twice: end to end (the poster's clock in the body, read by 50
 subscribers: includes the REST round trip and this client), and as the server saw it
 (aicq_ws_delivery_latency_seconds: Redis publish until every local session has the
@@ -17,9 +31,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import math
 import os
 import secrets
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import orjson
@@ -27,8 +46,10 @@ import uvloop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aicq import signing
+from aicq.protocol import text_frame
 from bench.common import cpu_seconds, cpu_split, percentile, rss_bytes, servers
 from bench.wsload import open_subscribers
+from tests.helpers import REPO, free_port
 
 BODY_PAD = "x" * 170  # with the timestamp prefix, ~200-byte bodies
 
@@ -51,18 +72,20 @@ class Poster:
 
 
 async def publish(poster: Poster, room: str, rate: float, seconds: float) -> int:
-    """Post at ``rate`` messages/s for ``seconds`` (paced, not bursty); returns the count."""
+    """Post at ``rate`` messages/s for ``seconds`` (paced, not bursty; ``inf``: closed
+    loop, each post right after the previous answer); returns the count."""
     sent = 0
     async with httpx.AsyncClient(base_url=poster.url, timeout=10) as http:
         started = time.perf_counter()
         while (elapsed := time.perf_counter() - started) < seconds:
-            due = int(elapsed * rate) + 1
+            due = sent + 1 if rate == math.inf else int(elapsed * rate) + 1
             while sent < due:
                 body = orjson.dumps({"body": f"{time.time():.6f} {BODY_PAD}"})
                 response = await http.post(f"/room/{room}", content=body, headers=poster.signed(body))
                 assert response.status_code == 201, response.text
                 sent += 1
-            await asyncio.sleep(max(0.0, (sent / rate) - (time.perf_counter() - started)))
+            if rate != math.inf:
+                await asyncio.sleep(max(0.0, (sent / rate) - (time.perf_counter() - started)))
     return sent
 
 
@@ -85,6 +108,7 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     frames_before = sum(s.frames for s in everyone)
     started = time.perf_counter()
     sent = sum(await asyncio.gather(*[publish(p, room, rate / publishers, seconds) for p in posters]))
+    publishing = time.perf_counter() - started
     expected = frames_before + sent * len(everyone)
     deadline = time.perf_counter() + 30
     # Polls a sum over thousands of protocol objects: cheaper than an event per frame.
@@ -97,10 +121,51 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     handoff = [histogram_quantile(histograms_before, histograms_after, q) for q in (0.5, 0.99)]
     split = [tuple(a - b for a, b in zip(cpu_split(pid), before, strict=True))
              for (_, _, pid), before in zip(urls_ports, split_before, strict=True)]
+    sample = next(s.sample for s in everyone if s.sample is not None)
     for s in everyone:
         s.transport.close()
     return {"subscribers": len(everyone), "sent": sent, "delivered": delivered, "expected": sent * len(everyone),
-            "seconds": elapsed, "cpu": cpu, "split": split, "latencies": latencies, "handoff": handoff}
+            "seconds": elapsed, "cpu": cpu, "split": split, "latencies": latencies, "handoff": handoff,
+            "pace": sent / publishing, "frame": text_frame(sample)}
+
+
+@contextmanager
+def bare_writer(pin: bool) -> Iterator[tuple[int, subprocess.Popen]]:
+    """A bench.barewrite process on its own port (pinned to the servers' core)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.barewrite", str(port)], cwd=REPO,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == b"listening"
+        if pin:
+            os.sched_setaffinity(process.pid, {0})
+        yield port, process
+    finally:
+        process.kill()
+        process.wait(5)
+
+
+async def floor(writer: tuple[int, subprocess.Popen], subscribers: int, rounds: int, pace: float,
+                frame: bytes) -> float:
+    """µs of CPU per bare ``transport.write`` of ``frame``: ``rounds`` rounds to ``subscribers``
+    sockets at ``pace`` rounds/s, each socket's frames counted by this client."""
+    port, process = writer
+    assert process.stdin is not None and process.stdout is not None
+    peers = await open_subscribers(port, None, subscribers, measured=0, latencies=[], batch=500)
+    await asyncio.sleep(0.5)
+    before = cpu_seconds(process.pid)
+    process.stdin.write(f"write {rounds} {pace} {frame.hex()}\n".encode())
+    process.stdin.flush()
+    loop = asyncio.get_running_loop()
+    assert (await loop.run_in_executor(None, process.stdout.readline)).strip() == b"done"
+    wanted = (rounds + 1) * len(peers)  # and each peer's readiness pong
+    deadline = time.perf_counter() + 30
+    while sum(p.frames for p in peers) < wanted and time.perf_counter() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    cpu = cpu_seconds(process.pid) - before
+    for p in peers:
+        p.transport.close()
+    return cpu / (rounds * len(peers)) * 1e6
 
 
 def delivery_histogram(url: str) -> dict[float, float]:
@@ -128,24 +193,53 @@ def histogram_quantile(before: list[dict[float, float]], after: list[dict[float,
     return bounds[-1]
 
 
-def report(label: str, result: dict) -> None:
+def report(label: str, result: dict, floor_us: float) -> None:
     cpu_total = sum(result["cpu"])
     per_delivery = cpu_total / max(1, result["delivered"]) * 1e6
     ms = [v * 1000 for v in result["latencies"]]
-    print(f"{label}: N={result['subscribers']:>5}  posted {result['sent']:>4}  delivered "
+    print(f"{label}: N={result['subscribers']:>5}  posted {result['sent']:>5}  delivered "
           f"{result['delivered']:>8}/{result['expected']:<8}  {result['delivered'] / result['seconds']:>9,.0f} deliveries/s  "
-          f"server CPU {per_delivery:5.2f} µs/delivery ({', '.join(f'{c:.2f}s' for c in result['cpu'])})  "
+          f"server CPU {per_delivery:5.2f} µs/delivery ({', '.join(f'{c:.2f}s' for c in result['cpu'])}; "
+          f"floor {floor_us:4.2f} µs/write)  "
           f"latency p50 {percentile(ms, 0.5):.1f} ms p99 {percentile(ms, 0.99):.1f} ms  "
           f"(server publish→hand-off p50 ≤{result['handoff'][0] * 1000:g} ms p99 ≤{result['handoff'][1] * 1000:g} ms)  "
           f"[user/system: {', '.join(f'{u:.2f}/{k:.2f}s' for u, k in result['split'])}]", flush=True)
 
 
-async def idle_memory(port: int, pid: int, sessions: int) -> None:
+async def register_agents(url: str, count: int) -> list[tuple[str, Ed25519PrivateKey]]:
+    keys = [Ed25519PrivateKey.generate() for _ in range(count)]
+    limit = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async def register(key: Ed25519PrivateKey) -> str:
+            public = base64.b64encode(key.public_key().public_bytes_raw()).decode()
+            async with limit:
+                response = await http.post("/register", json={"public_key": public})
+            assert response.status_code == 201, response.text
+            return response.json()["id"]
+        ids = await asyncio.gather(*[register(key) for key in keys])
+    return list(zip(ids, keys, strict=True))
+
+
+def signed_upgrade(agent: tuple[str, Ed25519PrivateKey]) -> dict[str, str]:
+    agent_id, key = agent
+    nonce, ts = secrets.token_hex(16), str(int(time.time() * 1000))
+    return {"X-AICQ-Agent": agent_id, "X-AICQ-Nonce": nonce, "X-AICQ-Timestamp": ts,
+            "X-AICQ-Signature": signing.sign(key, b"", nonce, ts)}
+
+
+async def idle_memory(url: str, port: int, pid: int, sessions: int, authenticated: bool) -> None:
+    """RSS growth per idle session on a fresh server (agents registered before the first reading)."""
+    agents = await register_agents(url, sessions) if authenticated else []
+    await asyncio.sleep(1)
     before = rss_bytes(pid)
-    idle = await open_subscribers(port, None, sessions, measured=0, latencies=[], batch=500)
+    # Authenticated upgrades each spend a nonce in Redis: keep a batch under the
+    # server's Redis pool (200 connections; past it, a command fails at once).
+    idle = await open_subscribers(port, None, sessions, measured=0, latencies=[],
+                                  batch=150 if authenticated else 500, headers=(lambda i: signed_upgrade(agents[i])) if authenticated else None)
     await asyncio.sleep(2)
     after = rss_bytes(pid)
-    print(f"memory: {sessions} idle sessions  RSS {before / 2**20:.0f} MiB → {after / 2**20:.0f} MiB  "
+    kind = "authenticated" if authenticated else "anonymous"
+    print(f"memory: {sessions} idle {kind} sessions  RSS {before / 2**20:.0f} MiB → {after / 2**20:.0f} MiB  "
           f"= {(after - before) / sessions / 1024:.1f} KiB per session", flush=True)
     for s in idle:
         s.transport.close()
@@ -154,31 +248,44 @@ async def idle_memory(port: int, pid: int, sessions: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--servers", type=int, default=1)
-    parser.add_argument("--sizes", default="1000,5000")
+    parser.add_argument("--sizes", default="1000,1000,5000", help="subscribers per scenario")
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--rates", default="50,20", help="posts/s per size")
-    parser.add_argument("--idle", type=int, default=10_000, help="sessions for the memory figure (0: skip)")
-    parser.add_argument("--publishers", type=int, default=1,
-                        help="concurrent posters sharing the rate (publications then queue up and coalesce)")
+    parser.add_argument("--rates", default="max,max,20", help="posts/s per scenario; max: closed loop")
+    parser.add_argument("--publishers", default="1,8,1",
+                        help="concurrent posters sharing the rate, per scenario (then publications queue up "
+                             "and coalesce)")
+    parser.add_argument("--idle", type=int, default=10_000, help="sessions for the memory figures (0: skip)")
+    parser.add_argument("--idle-kinds", default="authenticated,anonymous",
+                        help="memory figures to take, each on a fresh server")
+    parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the bare write floor")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and client to cores")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    rates = [float(r) for r in args.rates.split(",") if r][:len(sizes)]
-    with servers(args.servers, WS_HEARTBEAT="60") as running:
-        targets = [(s.url, s.port, s.process.pid) for s in running]
-        if args.pin and os.cpu_count() and os.cpu_count() >= 2:
+    rates = [math.inf if r == "max" else float(r) for r in args.rates.split(",") if r]
+    publishers = [int(p) for p in args.publishers.split(",") if p]
+    publishers += publishers[-1:] * (len(sizes) - len(publishers))
+    kinds = [k for k in args.idle_kinds.split(",") if k] if args.idle else []
+    assert all(k in ("authenticated", "anonymous") for k in kinds), kinds
+    pin = bool(args.pin and os.cpu_count() and os.cpu_count() >= 2)
+    with servers(args.servers + len(kinds), WS_HEARTBEAT="60") as running, bare_writer(pin) as writer:
+        targets = [(s.url, s.port, s.process.pid) for s in running[:args.servers]]
+        fresh = running[args.servers:]
+        if pin:
             # Server(s) on the first core, this load client on the last: they stop
             # competing for one core's time and caches (the stores float).
-            for _, _, pid in targets:
-                os.sched_setaffinity(pid, {0})
+            for server in running:
+                os.sched_setaffinity(server.process.pid, {0})
             os.sched_setaffinity(0, {os.cpu_count() - 1})
 
         async def go() -> None:
-            for size, rate in zip(sizes, rates, strict=True):
-                result = await run_fanout(targets, size, rate, args.seconds, args.publishers)
-                report(f"{args.servers} server(s), {args.publishers} publisher(s)", result)
-            if args.idle and args.servers == 1:
-                await idle_memory(targets[0][1], targets[0][2], args.idle)
+            for size, rate, posters in zip(sizes, rates, publishers[:len(sizes)], strict=True):
+                result = await run_fanout(targets, size, rate, args.seconds, posters)
+                floor_us = (await floor(writer, result["subscribers"], result["sent"], result["pace"],
+                                        result["frame"]) if args.floor else math.nan)
+                mode = "closed loop" if rate == math.inf else f"{rate:g} posts/s"
+                report(f"{args.servers} server(s), {posters} publisher(s), {mode}", result, floor_us)
+            for server, kind in zip(fresh, kinds, strict=True):
+                await idle_memory(server.url, server.port, server.process.pid, args.idle, kind == "authenticated")
 
         uvloop.run(go())
 

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import os
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -27,15 +28,23 @@ def masked_text_frame(payload: bytes) -> bytes:
 
 
 class Subscriber(asyncio.Protocol):
-    """Counts the text frames it receives; decodes them when ``measure`` is set."""
+    """Counts the text frames it receives; decodes them when ``measure`` is set.
 
-    def __init__(self, room: str | None, measure: bool, latencies: list[float]):
+    Ready once the session answered its first op: ``subscribe`` to ``room``, or a
+    ``ping`` without a room (so an idle session is fully set up, auth included).
+    ``headers`` go on the upgrade request (e.g. the signed AICQ headers).
+    """
+
+    def __init__(self, room: str | None, measure: bool, latencies: list[float],
+                 headers: dict[str, str] | None = None):
         self.room = room
         self.measure = measure
         self.latencies = latencies
+        self.headers = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         self.buffer = bytearray()
         self.upgraded = False
         self.frames = 0
+        self.sample: bytes | None = None  # a message event's payload, when measuring
         self.ready = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
 
@@ -44,7 +53,7 @@ class Subscriber(asyncio.Protocol):
         key = base64.b64encode(os.urandom(16)).decode()
         transport.write(  # type: ignore[attr-defined]
             f"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{self.headers}\r\n".encode()
         )
 
     def data_received(self, data: bytes) -> None:
@@ -58,11 +67,8 @@ class Subscriber(asyncio.Protocol):
                 return
             del self.buffer[: end + 4]
             self.upgraded = True
-            if self.room:
-                self.transport.write(masked_text_frame(  # type: ignore[union-attr]
-                    orjson.dumps({"op": "subscribe", "room": self.room, "ref": "s"})))
-            else:
-                self.ready.set_result(None)
+            op = {"op": "subscribe", "room": self.room} if self.room else {"op": "ping"}
+            self.transport.write(masked_text_frame(orjson.dumps({**op, "ref": "s"})))  # type: ignore[union-attr]
         self._frames()
 
     def _frames(self) -> None:
@@ -94,9 +100,10 @@ class Subscriber(asyncio.Protocol):
 
     def _inspect(self, payload: bytes) -> None:
         frame = orjson.loads(payload)
-        if frame.get("type") == "ok" and not self.ready.done():
+        if frame.get("type") in ("ok", "pong") and frame.get("ref") == "s" and not self.ready.done():
             self.ready.set_result(None)
         elif frame.get("type") == "message" and self.measure:
+            self.sample = payload
             sent = float(frame["msg"]["body"].split(" ", 1)[0])
             self.latencies.append(time.time() - sent)
 
@@ -106,12 +113,16 @@ class Subscriber(asyncio.Protocol):
 
 
 async def open_subscribers(port: int, room: str | None, count: int, measured: int,
-                           latencies: list[float], batch: int = 200) -> list[Subscriber]:
+                           latencies: list[float], batch: int = 200,
+                           headers: Callable[[int], dict[str, str]] | None = None) -> list[Subscriber]:
+    """``count`` sessions, ``batch`` at a time; ``headers(i)`` for the i-th upgrade request."""
     loop = asyncio.get_running_loop()
     subscribers: list[Subscriber] = []
     for start in range(0, count, batch):
         made = await asyncio.gather(*[
-            loop.create_connection(lambda i=i: Subscriber(room, i < measured, latencies), "127.0.0.1", port)
+            loop.create_connection(
+                lambda i=i: Subscriber(room, i < measured, latencies, headers(i) if headers else None),
+                "127.0.0.1", port)
             for i in range(start, min(count, start + batch))
         ])
         new = [protocol for _, protocol in made]
