@@ -94,13 +94,16 @@ def create_app(settings: Settings) -> WebSocketFront:
         await hub.start()
         app.state.service = service
         app.state.hub = hub
-        app.state.sessions = session.Registry()
+        app.state.sessions = sessions = session.Registry(settings.ws_heartbeat)
+        sessions.start()
         reconciler = asyncio.create_task(service.reconcile_forever(), name="aicq-counts")
         log.info("AICQ ready on %s:%s (instance %s)", settings.host, settings.port, settings.instance)
         try:
             yield
         finally:
-            reconciler.cancel()  # sessions are closed by now: uvicorn sends them 1012 first
+            reconciler.cancel()
+            # Sessions are closed by now (uvicorn sent them 1012): let them leave the hub.
+            await sessions.stop(timeout=5)
             await hub.stop()
             await redis.aclose()
             await store.close()

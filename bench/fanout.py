@@ -37,8 +37,10 @@ import secrets
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import orjson
@@ -90,7 +92,7 @@ async def publish(poster: Poster, room: str, rate: float, seconds: float) -> int
 
 
 async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, rate: float,
-                     seconds: float, publishers: int = 1) -> dict:
+                     seconds: float, publishers: int = 1, profile: Path | None = None) -> dict:
     posters = [Poster(urls_ports[i % len(urls_ports)][0]) for i in range(publishers)]
     poster = posters[0]
     room = poster.create_room()
@@ -106,9 +108,12 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     cpu_before = [cpu_seconds(pid) for _, _, pid in urls_ports]
     split_before = [cpu_split(pid) for _, _, pid in urls_ports]
     frames_before = sum(s.frames for s in everyone)
+    spy = py_spy(urls_ports[0][2], seconds, profile) if profile else None
     started = time.perf_counter()
     sent = sum(await asyncio.gather(*[publish(p, room, rate / publishers, seconds) for p in posters]))
     publishing = time.perf_counter() - started
+    if spy is not None:
+        spy.wait(seconds + 30)
     expected = frames_before + sent * len(everyone)
     deadline = time.perf_counter() + 30
     # Polls a sum over thousands of protocol objects: cheaper than an event per frame.
@@ -129,6 +134,28 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
             "pace": sent / publishing, "frame": text_frame(sample)}
 
 
+def py_spy(pid: int, seconds: float, output: Path) -> subprocess.Popen:
+    """Sample the server's Python stacks while it publishes (py-spy is a bench tool: pip install py-spy)."""
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                             "--rate", "500", "--nonblocking", "--format", "raw", "--output", str(output)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarise_profile(path: Path, top: int = 25) -> None:
+    """Print where the sampled time went: per function, itself and everything it called."""
+    total, own, inclusive = 0, Counter(), Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f.rsplit(" (", 1)[0] + " (" + f.rsplit("/", 1)[-1] if " (" in f else f for f in stack.split(";")]
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    print(f"profile {path} ({total} samples): self | inclusive, % of samples")
+    for frame, count in own.most_common(top):
+        print(f"  {100 * count / total:5.1f} | {100 * inclusive[frame] / total:5.1f}  {frame}")
+
+
 @contextmanager
 def bare_writer(pin: bool) -> Iterator[tuple[int, subprocess.Popen]]:
     """A bench.barewrite process on its own port (pinned to the servers' core)."""
@@ -146,14 +173,14 @@ def bare_writer(pin: bool) -> Iterator[tuple[int, subprocess.Popen]]:
 
 
 async def floor(writer: tuple[int, subprocess.Popen], subscribers: int, rounds: int, pace: float,
-                frame: bytes) -> float:
-    """µs of CPU per bare ``transport.write`` of ``frame``: ``rounds`` rounds to ``subscribers``
+                frame: bytes) -> tuple[float, float]:
+    """µs of CPU (total, user) per bare ``transport.write`` of ``frame``: ``rounds`` rounds to ``subscribers``
     sockets at ``pace`` rounds/s, each socket's frames counted by this client."""
     port, process = writer
     assert process.stdin is not None and process.stdout is not None
     peers = await open_subscribers(port, None, subscribers, measured=0, latencies=[], batch=500)
     await asyncio.sleep(0.5)
-    before = cpu_seconds(process.pid)
+    before = cpu_split(process.pid)
     process.stdin.write(f"write {rounds} {pace} {frame.hex()}\n".encode())
     process.stdin.flush()
     loop = asyncio.get_running_loop()
@@ -162,10 +189,11 @@ async def floor(writer: tuple[int, subprocess.Popen], subscribers: int, rounds: 
     deadline = time.perf_counter() + 30
     while sum(p.frames for p in peers) < wanted and time.perf_counter() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    cpu = cpu_seconds(process.pid) - before
+    user, system = (after - earlier for after, earlier in zip(cpu_split(process.pid), before, strict=True))
     for p in peers:
         p.transport.close()
-    return cpu / (rounds * len(peers)) * 1e6
+    writes = rounds * len(peers)
+    return (user + system) / writes * 1e6, user / writes * 1e6
 
 
 def delivery_histogram(url: str) -> dict[float, float]:
@@ -193,14 +221,14 @@ def histogram_quantile(before: list[dict[float, float]], after: list[dict[float,
     return bounds[-1]
 
 
-def report(label: str, result: dict, floor_us: float) -> None:
+def report(label: str, result: dict, floor_us: tuple[float, float]) -> None:
     cpu_total = sum(result["cpu"])
     per_delivery = cpu_total / max(1, result["delivered"]) * 1e6
     ms = [v * 1000 for v in result["latencies"]]
     print(f"{label}: N={result['subscribers']:>5}  posted {result['sent']:>5}  delivered "
           f"{result['delivered']:>8}/{result['expected']:<8}  {result['delivered'] / result['seconds']:>9,.0f} deliveries/s  "
           f"server CPU {per_delivery:5.2f} µs/delivery ({', '.join(f'{c:.2f}s' for c in result['cpu'])}; "
-          f"floor {floor_us:4.2f} µs/write)  "
+          f"floor {floor_us[0]:4.2f} µs/write, user {floor_us[1]:4.2f})  "
           f"latency p50 {percentile(ms, 0.5):.1f} ms p99 {percentile(ms, 0.99):.1f} ms  "
           f"(server publish→hand-off p50 ≤{result['handoff'][0] * 1000:g} ms p99 ≤{result['handoff'][1] * 1000:g} ms)  "
           f"[user/system: {', '.join(f'{u:.2f}/{k:.2f}s' for u, k in result['split'])}]", flush=True)
@@ -259,6 +287,8 @@ def main() -> None:
                         help="memory figures to take, each on a fresh server")
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the bare write floor")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and client to cores")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="record each scenario's server with py-spy into DIR and summarise it")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rates = [math.inf if r == "max" else float(r) for r in args.rates.split(",") if r]
@@ -278,12 +308,18 @@ def main() -> None:
             os.sched_setaffinity(0, {os.cpu_count() - 1})
 
         async def go() -> None:
-            for size, rate, posters in zip(sizes, rates, publishers[:len(sizes)], strict=True):
-                result = await run_fanout(targets, size, rate, args.seconds, posters)
+            for index, (size, rate, posters) in enumerate(zip(sizes, rates, publishers[:len(sizes)], strict=True)):
+                profile = None
+                if args.profile:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    profile = args.profile / f"fanout-{index}-N{size}-p{posters}.txt"
+                result = await run_fanout(targets, size, rate, args.seconds, posters, profile)
                 floor_us = (await floor(writer, result["subscribers"], result["sent"], result["pace"],
-                                        result["frame"]) if args.floor else math.nan)
+                                        result["frame"]) if args.floor else (math.nan, math.nan))
                 mode = "closed loop" if rate == math.inf else f"{rate:g} posts/s"
                 report(f"{args.servers} server(s), {posters} publisher(s), {mode}", result, floor_us)
+                if profile is not None and profile.exists():
+                    summarise_profile(profile)
             for server, kind in zip(fresh, kinds, strict=True):
                 await idle_memory(server.url, server.port, server.process.pid, args.idle, kind == "authenticated")
 

@@ -1,21 +1,29 @@
-"""One WebSocket session: handshake, the op loop, subscriptions and their live queue.
+"""One WebSocket session: its ops, subscriptions and their live queue; the registry.
 
-Outgoing frames are written straight to the socket's buffer (see wsserver); that
-buffer is the session's bounded queue, for replayed history and live events alike.
-A session whose buffer passes ``WS_QUEUE_BYTES`` is closed with 1013 and resumes
-elsewhere with ``since``: one slow reader never slows the hub or its neighbours.
+The session adopts its connection (see wsserver): the Socket hands it each client
+message, and a worker task runs while there is something to do (opening the
+session, ops in the order they came, releasing it once closed) and ends when the
+session is idle, so an idle session holds no task and no coroutine frames. One
+sweeper in the `Registry` beats every session's socket (keepalive, SPEC §6).
+
+Outgoing frames are written straight to the socket's buffer; that buffer is the
+session's bounded queue, for replayed history and live events alike. A session
+whose buffer passes ``WS_QUEUE_BYTES`` is closed with 1013 and resumes elsewhere
+with ``since``: one slow reader never slows the hub or its neighbours.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from aicq import auth, metrics, protocol
 from aicq.edge.request import client_ip
@@ -36,11 +44,21 @@ MAX_HELD_EVENTS = 10_000
 REPLAY_STALL_S = 10.0
 
 
-class Registry:
-    """The sessions open on this instance (for the gauge)."""
+# Client messages a session queues before its socket stops reading for a while.
+MAX_PENDING_MESSAGES = 8
+# The heartbeat pings this many sockets, then lets the loop run other work.
+BEATS_PER_SLICE = 500
 
-    def __init__(self) -> None:
+
+class Registry:
+    """The sessions of this instance: the gauge, the one heartbeat for all of them,
+    and, at shutdown, the wait for every session to be released."""
+
+    def __init__(self, heartbeat: float) -> None:
         self.sessions: set[Session] = set()
+        self.heartbeat = heartbeat
+        self._sweeper: asyncio.Task[None] | None = None
+        self._emptied: asyncio.Future[None] | None = None
 
     def add(self, session: Session) -> None:
         self.sessions.add(session)
@@ -49,6 +67,35 @@ class Registry:
     def discard(self, session: Session) -> None:
         self.sessions.discard(session)
         metrics.WS_SESSIONS.set(len(self.sessions))
+        if not self.sessions and self._emptied is not None and not self._emptied.done():
+            self._emptied.set_result(None)
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="aicq-heartbeat")
+
+    async def stop(self, timeout: float) -> None:
+        """Stop the heartbeat; wait (bounded) until every closed session is released."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self.sessions:
+            self._emptied = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._emptied, timeout)
+            except TimeoutError:
+                log.warning("%d sessions not released at shutdown", len(self.sessions))
+
+    async def _sweep_forever(self) -> None:
+        """Every interval, beat each session's socket: ping it, or close it if it said
+        nothing since the previous ping. In slices, so one sweep never stalls the loop;
+        a full interval always passes between two beats of a socket."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            for index, session in enumerate(list(self.sessions)):
+                session.socket.beat()
+                if index % BEATS_PER_SLICE == BEATS_PER_SLICE - 1:
+                    await asyncio.sleep(0)
 
 
 @dataclass(eq=False, slots=True)
@@ -94,16 +141,18 @@ class Subscription:
 
 
 class Session:
-    # One per open connection, 10,000s per instance: no per-object __dict__.
-    __slots__ = ("caller", "closing", "hub", "id", "queue_limit", "service", "socket", "subscriptions",
-                 "websocket")
+    """One adopted WebSocket connection (a `wsserver.Handler`)."""
 
-    def __init__(self, websocket: WebSocket, socket: Socket, service: ChatService, hub: Hub, caller: Caller):
-        self.websocket = websocket
+    # One per open connection, 10,000s per instance: no per-object __dict__.
+    __slots__ = ("caller", "closing", "hub", "id", "inbox", "queue_limit", "registry", "service", "socket",
+                 "subscriptions", "worker")
+
+    def __init__(self, socket: Socket, service: ChatService, hub: Hub, caller: Caller, registry: Registry):
         self.socket = socket
         self.service = service
         self.hub = hub
         self.caller = caller
+        self.registry = registry
         self.id = uuid.uuid4().hex
         self.queue_limit = service.settings.ws_queue_bytes
         # Replay waits for the buffer to fall below its high-water mark: keep that
@@ -111,12 +160,14 @@ class Session:
         socket.cap_high_water(self.queue_limit // 4)
         self.subscriptions: dict[str, Subscription] = {}
         self.closing = False
+        self.inbox: list[str | None] | None = None  # client messages waiting for the worker
+        self.worker: asyncio.Task[None] | None = None
 
     # Outgoing: one bounded path for everything the session sends
 
     def push(self, frames: bytes) -> None:
         """Hand serialised frames to the socket, or close the session if it fell behind."""
-        if not self.closing and not self.socket.offer(frames, self.queue_limit):
+        if not self.socket.offer(frames, self.queue_limit):
             self.too_slow()
 
     def send(self, payload: bytes) -> None:
@@ -151,14 +202,60 @@ class Session:
     def deliver(self, events: list[Event], frames: bytes) -> None:  # DMs: always live
         self.push(frames)
 
-    # Lifecycle
+    # Lifecycle: the Socket calls on_message and on_close; the worker does the rest
 
-    async def run(self) -> None:
+    def start(self, headers: Mapping[str, str]) -> None:
+        """The connection is accepted: open the session (auth by ``headers``, hello, DMs)."""
+        assert self.worker is None, "nothing runs before the session opens"
+        self.worker = asyncio.create_task(self._work(headers))
+
+    def on_message(self, text: str | None) -> None:
+        if self.closing:
+            return
+        if self.inbox is None:
+            self.inbox = []
+        self.inbox.append(text)
+        if len(self.inbox) >= MAX_PENDING_MESSAGES:
+            self.socket.pause_reading()
+        if self.worker is None:
+            self.worker = asyncio.create_task(self._work(None))
+
+    def on_close(self) -> None:
+        self.closing = True
+        if self.worker is None:  # otherwise the running worker releases once it is done
+            self.worker = asyncio.create_task(self._work(None))
+
+    async def _work(self, opening: Mapping[str, str] | None) -> None:
+        """The session's only task, while there is work: open, then the queued client
+        messages in order; once closed, release. Never two at a time."""
+        try:
+            if opening is not None:
+                await self._open(opening)
+            while self.inbox and not self.closing:
+                text = self.inbox.pop(0)
+                if text is None:
+                    self.send(protocol.error(None, 400, "binary frames are not supported; send JSON text"))
+                else:
+                    await self.handle(text)
+            self.inbox = None
+            self.socket.resume_reading()
+        except Exception:
+            log.exception("session failed", extra={"session": self.id})
+            self.close(protocol.CLOSE_INTERNAL, "internal error")
+        finally:
+            if self.closing:
+                await self.release()
+            self.worker = None
+
+    async def _open(self, headers: Mapping[str, str]) -> None:
         try:
             await self.service.ensure_not_blocked(self.caller)
-            creds = auth.from_headers(self.websocket.headers)
+            creds = auth.from_headers(headers)
             if creds is not None:
                 self.caller = self.caller.signed_in(await self.service.authenticate(creds, b""))
+        except Unavailable as exc:  # a store is away: come back and resume
+            self.close(CLOSE_TRY_AGAIN, exc.message)
+            return
         except AICQError as exc:
             self.close(CLOSE_POLICY, exc.message)
             return
@@ -167,34 +264,23 @@ class Session:
                                            "ip": self.caller.ip})
         self.send(protocol.hello(self.id, agent.id if agent else None,
                                  self.service.settings.ws_heartbeat, self.service.settings.instance))
-        try:
-            if agent is not None:
-                try:
-                    await self.hub.join_dms(agent.id, self)
-                except Unavailable as exc:  # Redis is away: come back and resume
-                    self.close(CLOSE_TRY_AGAIN, exc.message)
-                    return
-            while not self.closing:
-                message = await self.websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
-                if text is None:
-                    self.send(protocol.error(None, 400, "binary frames are not supported; send JSON text"))
-                    continue
-                await self.handle(text)
-        except (WebSocketDisconnect, RuntimeError):
-            pass  # the peer went away mid-send
-        finally:
-            await self.release()
-            log.debug("session closed", extra={"session": self.id})
+        if agent is not None:
+            try:
+                await self.hub.join_dms(agent.id, self)
+            except Unavailable as exc:  # Redis is away: come back and resume
+                self.close(CLOSE_TRY_AGAIN, exc.message)
 
     async def release(self) -> None:
-        for room_id, subscription in list(self.subscriptions.items()):
-            await self.hub.leave_room(room_id, subscription)
-        self.subscriptions.clear()
-        if self.caller.agent is not None:
-            await self.hub.leave_dms(self.caller.agent.id, self)
+        """Leave every channel; the session is gone. Once, by the worker, after closing."""
+        try:
+            for room_id, subscription in list(self.subscriptions.items()):
+                await self.hub.leave_room(room_id, subscription)
+            self.subscriptions.clear()
+            if self.caller.agent is not None:
+                await self.hub.leave_dms(self.caller.agent.id, self)
+        finally:
+            self.registry.discard(self)
+            log.debug("session closed", extra={"session": self.id})
 
     # Ops
 
@@ -302,17 +388,18 @@ OPS: dict[type, OpHandler] = {
 
 
 async def endpoint(websocket: WebSocket) -> None:
+    """Accept ``/ws`` and hand the connection to a new Session; returns at once."""
     app = websocket.app
     socket: Socket | None = websocket.scope.get("extensions", {}).get("aicq.socket")
     if socket is None:  # served by another WebSocket implementation: refuse, loudly
         log.error("/ws needs aicq.edge.wsserver.AICQWebSocketProtocol (uvicorn --ws)")
         await websocket.close(CLOSE_INTERNAL.code)
         return
-    await websocket.accept()
     service: ChatService = app.state.service
-    session = Session(websocket, socket, service, app.state.hub, service.caller(client_ip(websocket)))
-    app.state.sessions.add(session)
-    try:
-        await session.run()
-    finally:
-        app.state.sessions.discard(session)
+    registry: Registry = app.state.sessions
+    session = Session(socket, service, app.state.hub, service.caller(client_ip(websocket)), registry)
+    socket.serve(session)
+    await websocket.accept()  # the Socket takes the connection over as the 101 goes out
+    if socket.adopted:  # else the peer left during the handshake
+        registry.add(session)
+        session.start(websocket.headers)
