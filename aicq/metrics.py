@@ -41,6 +41,10 @@ WS_SESSIONS = Gauge("aicq_ws_sessions", "Open WebSocket sessions", registry=REGI
 WS_EVENTS_DELIVERED = Counter(
     "aicq_ws_events_delivered_total", "Events handed to WebSocket sessions", registry=REGISTRY,
 )
+WS_WRITES = Counter(
+    "aicq_ws_writes_total", "Writes of live events to WebSocket sessions (each carries one or more events)",
+    registry=REGISTRY,
+)
 WS_SLOW_DISCONNECTS = Counter(
     "aicq_ws_slow_disconnects_total", "Sessions closed with 1013 for falling behind",
     registry=REGISTRY,

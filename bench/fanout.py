@@ -14,8 +14,9 @@ Default scenarios, 1,000 subscribers unless said:
 Messages are posted through the real REST endpoint (~200-byte bodies); the server's
 own CPU (utime + stime from /proc) is divided by the deliveries the subscribers saw
 (it includes the REST posts). Beside each figure, the floor: a bare uvloop process
-(bench.barewrite) doing the same number of ``transport.write`` calls of the same
-frame bytes, at the same pace, to the same number of sockets of this load client.
+(bench.barewrite) doing the same number of ``transport.write`` calls (the server's
+aicq_ws_writes_total) of the same frame bytes (as many frames per write as the
+hub coalesced), at the same pace, to as many sockets of this load client.
 Memory per idle session is measured on a fresh server each (freed memory would be
 reused otherwise): authenticated sessions (one agent each, signed upgrade) and
 anonymous ones.
@@ -105,6 +106,7 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     everyone = [s for group in groups for s in group]
     await asyncio.sleep(1)  # let subscribe bookkeeping settle before measuring
     histograms_before = [delivery_histogram(url) for url, _, _ in urls_ports]
+    writes_before = sum(counter(url, "aicq_ws_writes_total") for url, _, _ in urls_ports)
     cpu_before = [cpu_seconds(pid) for _, _, pid in urls_ports]
     split_before = [cpu_split(pid) for _, _, pid in urls_ports]
     frames_before = sum(s.frames for s in everyone)
@@ -123,6 +125,7 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     cpu = [cpu_seconds(pid) - before for (_, _, pid), before in zip(urls_ports, cpu_before, strict=True)]
     delivered = sum(s.frames for s in everyone) - frames_before
     histograms_after = [delivery_histogram(url) for url, _, _ in urls_ports]
+    writes = sum(counter(url, "aicq_ws_writes_total") for url, _, _ in urls_ports) - writes_before
     handoff = [histogram_quantile(histograms_before, histograms_after, q) for q in (0.5, 0.99)]
     split = [tuple(a - b for a, b in zip(cpu_split(pid), before, strict=True))
              for (_, _, pid), before in zip(urls_ports, split_before, strict=True)]
@@ -131,7 +134,7 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
         s.transport.close()
     return {"subscribers": len(everyone), "sent": sent, "delivered": delivered, "expected": sent * len(everyone),
             "seconds": elapsed, "cpu": cpu, "split": split, "latencies": latencies, "handoff": handoff,
-            "pace": sent / publishing, "frame": text_frame(sample)}
+            "writes": writes, "publishing": publishing, "frame": text_frame(sample)}
 
 
 def py_spy(pid: int, seconds: float, output: Path) -> subprocess.Popen:
@@ -172,28 +175,38 @@ def bare_writer(pin: bool) -> Iterator[tuple[int, subprocess.Popen]]:
         process.wait(5)
 
 
-async def floor(writer: tuple[int, subprocess.Popen], subscribers: int, rounds: int, pace: float,
-                frame: bytes) -> tuple[float, float]:
-    """µs of CPU (total, user) per bare ``transport.write`` of ``frame``: ``rounds`` rounds to ``subscribers``
-    sockets at ``pace`` rounds/s, each socket's frames counted by this client."""
+async def floor(writer: tuple[int, subprocess.Popen], result: dict) -> tuple[float, int]:
+    """The bare-write floor of a fan-out ``result``: (µs of CPU per delivery, frames per write).
+
+    As many sockets as it had subscribers, as many writes as the server made, each
+    carrying as many copies of its frame as the hub put in a write on average, paced
+    over the same time; each socket's frames counted by this client."""
     port, process = writer
     assert process.stdin is not None and process.stdout is not None
-    peers = await open_subscribers(port, None, subscribers, measured=0, latencies=[], batch=500)
+    peers = await open_subscribers(port, None, result["subscribers"], measured=0, latencies=[], batch=500)
+    per_write = max(1, round(result["delivered"] / max(1, result["writes"])))
+    rounds = max(1, round(result["writes"] / len(peers)))
     await asyncio.sleep(0.5)
-    before = cpu_split(process.pid)
-    process.stdin.write(f"write {rounds} {pace} {frame.hex()}\n".encode())
+    before = cpu_seconds(process.pid)
+    process.stdin.write(f"write {rounds} {rounds / result['publishing']} {(result['frame'] * per_write).hex()}\n".encode())
     process.stdin.flush()
     loop = asyncio.get_running_loop()
     assert (await loop.run_in_executor(None, process.stdout.readline)).strip() == b"done"
-    wanted = (rounds + 1) * len(peers)  # and each peer's readiness pong
+    wanted = (rounds * per_write + 1) * len(peers)  # and each peer's readiness pong
     deadline = time.perf_counter() + 30
     while sum(p.frames for p in peers) < wanted and time.perf_counter() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    user, system = (after - earlier for after, earlier in zip(cpu_split(process.pid), before, strict=True))
+    cpu = cpu_seconds(process.pid) - before
     for p in peers:
         p.transport.close()
-    writes = rounds * len(peers)
-    return (user + system) / writes * 1e6, user / writes * 1e6
+    return cpu / (rounds * per_write * len(peers)) * 1e6, per_write
+
+
+def counter(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def delivery_histogram(url: str) -> dict[float, float]:
@@ -221,14 +234,14 @@ def histogram_quantile(before: list[dict[float, float]], after: list[dict[float,
     return bounds[-1]
 
 
-def report(label: str, result: dict, floor_us: tuple[float, float]) -> None:
+def report(label: str, result: dict, floor_us: tuple[float, int]) -> None:
     cpu_total = sum(result["cpu"])
     per_delivery = cpu_total / max(1, result["delivered"]) * 1e6
     ms = [v * 1000 for v in result["latencies"]]
     print(f"{label}: N={result['subscribers']:>5}  posted {result['sent']:>5}  delivered "
           f"{result['delivered']:>8}/{result['expected']:<8}  {result['delivered'] / result['seconds']:>9,.0f} deliveries/s  "
           f"server CPU {per_delivery:5.2f} µs/delivery ({', '.join(f'{c:.2f}s' for c in result['cpu'])}; "
-          f"floor {floor_us[0]:4.2f} µs/write, user {floor_us[1]:4.2f})  "
+          f"floor {floor_us[0]:4.2f} µs/delivery, bare writes of {floor_us[1]} frame(s))  "
           f"latency p50 {percentile(ms, 0.5):.1f} ms p99 {percentile(ms, 0.99):.1f} ms  "
           f"(server publish→hand-off p50 ≤{result['handoff'][0] * 1000:g} ms p99 ≤{result['handoff'][1] * 1000:g} ms)  "
           f"[user/system: {', '.join(f'{u:.2f}/{k:.2f}s' for u, k in result['split'])}]", flush=True)
@@ -314,8 +327,7 @@ def main() -> None:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     profile = args.profile / f"fanout-{index}-N{size}-p{posters}.txt"
                 result = await run_fanout(targets, size, rate, args.seconds, posters, profile)
-                floor_us = (await floor(writer, result["subscribers"], result["sent"], result["pace"],
-                                        result["frame"]) if args.floor else (math.nan, math.nan))
+                floor_us = await floor(writer, result) if args.floor else (math.nan, 0)
                 mode = "closed loop" if rate == math.inf else f"{rate:g} posts/s"
                 report(f"{args.servers} server(s), {posters} publisher(s), {mode}", result, floor_us)
                 if profile is not None and profile.exists():

@@ -70,8 +70,8 @@ class Handler(Protocol):
 class Socket(asyncio.Protocol):
     """One adopted WebSocket connection after its handshake: the transport's protocol."""
 
-    __slots__ = ("_close_timer", "_closing", "_connections", "_drained", "_heard", "_pinged", "_reader",
-                 "_reading_paused", "_transport", "_write_paused", "handler")
+    __slots__ = ("_close_timer", "_closing", "_connections", "_drained", "_heard", "_high", "_pinged",
+                 "_reader", "_reading_paused", "_transport", "_write_paused", "handler")
 
     def __init__(self, transport: asyncio.Transport, max_message: int, connections: set[Any]):
         self._transport = transport
@@ -83,6 +83,7 @@ class Socket(asyncio.Protocol):
         self._pinged = False
         self._reading_paused = False
         self._write_paused = False
+        self._high = transport.get_write_buffer_limits()[1]
         self._drained: asyncio.Future[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
@@ -110,7 +111,10 @@ class Socket(asyncio.Protocol):
         if self._closing:
             return True
         transport = self._transport
-        if transport.get_write_buffer_size() + len(frames) > limit:
+        # Unless writing is paused, the buffer holds at most the high-water mark (asyncio's
+        # flow-control contract): then the bound needs no look at the buffer.
+        if (self._write_paused or self._high + len(frames) > limit) and \
+                transport.get_write_buffer_size() + len(frames) > limit:
             return False
         transport.write(frames)
         return True
@@ -118,8 +122,9 @@ class Socket(asyncio.Protocol):
     def cap_high_water(self, high: int) -> None:
         """Pause writing (see ``drain``) once ``high`` bytes wait, if that is lower
         than the transport's own mark."""
-        if high < self._transport.get_write_buffer_limits()[1]:
+        if high < self._high:
             self._transport.set_write_buffer_limits(high=high)
+            self._high = self._transport.get_write_buffer_limits()[1]
 
     async def drain(self, timeout: float) -> bool:
         """Wait until the transport wants more data; False on timeout or close. One waiter."""
