@@ -62,10 +62,9 @@ async def _connect_store(url: str, attempts: int = 30) -> Store:
 class WebSocketFront:
     """Routes ``/ws`` straight to its session; everything else to the Starlette app.
 
-    An open session is a suspended coroutine stack that lives as long as the
-    connection, and every middleware layer it passes through stays on that stack.
-    None of the HTTP middleware does anything for a WebSocket, so sessions skip it:
-    tens of thousands of them per instance make that worth a few KiB each.
+    None of the HTTP middleware does anything for a WebSocket, so the upgrade skips
+    it: the session's endpoint accepts and hands the connection to its Socket (see
+    edge/wsserver), and no layer stays around for the connection's life.
     """
 
     def __init__(self, app: Starlette):

@@ -217,8 +217,7 @@ class Socket(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._wake_drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
@@ -226,7 +225,6 @@ class Socket(asyncio.Protocol):
             self._close_timer.cancel()
             self._close_timer = None
         self._stop()
-        self.resume_writing()  # wake a drain: the buffer will never empty now
         self.handler = None  # the handler holds this Socket: let both go
 
     # Internals
@@ -239,12 +237,17 @@ class Socket(asyncio.Protocol):
         self._transport.close()
 
     def _stop(self) -> None:
-        """The connection is no longer open: tell the handler, once."""
+        """The connection is no longer open: tell the handler, once; a drain waits no more."""
         if self._closing:
             return
         self._closing = True
+        self._wake_drain()
         if self.handler is not None:
             self.handler.on_close()
+
+    def _wake_drain(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
 
 class AICQWebSocketProtocol(WebSocketsSansIOProtocol):
