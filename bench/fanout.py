@@ -184,8 +184,9 @@ async def floor(writer: tuple[int, subprocess.Popen], result: dict) -> tuple[flo
     port, process = writer
     assert process.stdin is not None and process.stdout is not None
     peers = await open_subscribers(port, None, result["subscribers"], measured=0, latencies=[], batch=500)
-    per_write = max(1, round(result["delivered"] / max(1, result["writes"])))
-    rounds = max(1, round(result["writes"] / len(peers)))
+    writes = result["writes"] or result["delivered"]  # a server without the counter: one frame per write
+    per_write = max(1, round(result["delivered"] / writes))
+    rounds = max(1, round(writes / len(peers)))
     await asyncio.sleep(0.5)
     before = cpu_seconds(process.pid)
     process.stdin.write(f"write {rounds} {rounds / result['publishing']} {(result['frame'] * per_write).hex()}\n".encode())
