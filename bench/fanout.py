@@ -3,6 +3,7 @@
     python -m bench.fanout                 # the default scenarios below, one server; memory at 10,000
     python -m bench.fanout --servers 2     # the same fan-out split over two servers
     python -m bench.fanout --sizes 1000 --rates max --publishers 1 --idle 0   # one scenario
+    python -m bench.fanout --profile /tmp/prof   # and where the server's time went (pip install py-spy)
 
 Default scenarios, 1,000 subscribers unless said:
 - closed loop, 1 publisher: each post waits for the previous one's answer, so each
@@ -24,7 +25,8 @@ Latency is reported twice: end to end (the poster's clock in the body, read by 5
 subscribers: includes the REST round trip and this client), and as the server saw it
 (aicq_ws_delivery_latency_seconds: Redis publish until every local session has the
 frames; bucket bounds).
-The load client runs on the same 2-core machine and costs a core of its own.
+The load client runs on the same 2-core machine and costs a core of its own: on a
+shared machine, repeat a run and read the spread, and always next to its floor.
 """
 
 from __future__ import annotations

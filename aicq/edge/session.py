@@ -42,8 +42,6 @@ MAX_HELD_EVENTS = 10_000
 # A replay waits this long at most for the reader to take what is queued; a reader
 # that takes longer is a slow reader like any other.
 REPLAY_STALL_S = 10.0
-
-
 # Client messages a session queues before its socket stops reading for a while.
 MAX_PENDING_MESSAGES = 8
 # The heartbeat pings this many sockets, then lets the loop run other work.
