@@ -110,6 +110,10 @@ class Subscription:
     room_id: str
     held: list[Event] | None = field(default_factory=list)
     newest: tuple[int, str] | None = None
+    socket: Socket = field(init=False)  # the session's: one object less per delivery
+
+    def __post_init__(self) -> None:
+        self.socket = self.session.socket
 
     def deliver(self, events: list[Event], frames: bytes) -> None:
         # The hottest path in the server: once per subscriber per publication.
@@ -132,7 +136,8 @@ class Subscription:
             last = next((e.key for e in reversed(events) if e.key is not None), None)
         if last is not None:
             self.newest = last
-        self.session.push(frames)
+        if not self.socket.offer(frames):  # Session.push, minus a step
+            self.session.too_slow()
 
     def go_live(self, newest: tuple[int, str] | None) -> None:
         """Replay is done: release the held events it did not already cover."""
@@ -146,8 +151,8 @@ class Session:
     """One adopted WebSocket connection (a `wsserver.Handler`)."""
 
     # One per open connection, 10,000s per instance: no per-object __dict__.
-    __slots__ = ("caller", "closing", "hub", "id", "inbox", "queue_limit", "registry", "service", "socket",
-                 "subscriptions", "worker")
+    __slots__ = ("caller", "closing", "hub", "id", "inbox", "registry", "service", "socket", "subscriptions",
+                 "worker")
 
     def __init__(self, socket: Socket, service: ChatService, hub: Hub, caller: Caller, registry: Registry):
         self.socket = socket
@@ -156,10 +161,11 @@ class Session:
         self.caller = caller
         self.registry = registry
         self.id = uuid.uuid4().hex
-        self.queue_limit = service.settings.ws_queue_bytes
-        # Replay waits for the buffer to fall below its high-water mark: keep that
-        # mark well under the queue bound, so a paced frame always fits.
-        socket.cap_high_water(self.queue_limit // 4)
+        # The socket's write buffer is the session's queue. Replay waits for it to fall
+        # below its high-water mark: keep that mark well under the bound, so a paced
+        # frame always fits.
+        queue_bytes = service.settings.ws_queue_bytes
+        socket.bound(queue_bytes, high=queue_bytes // 4)
         self.subscriptions: dict[str, Subscription] = {}
         self.closing = False
         self.inbox: list[str | None] | None = None  # client messages waiting for the worker
@@ -169,7 +175,7 @@ class Session:
 
     def push(self, frames: bytes) -> None:
         """Hand serialised frames to the socket, or close the session if it fell behind."""
-        if not self.socket.offer(frames, self.queue_limit):
+        if not self.socket.offer(frames):
             self.too_slow()
 
     def send(self, payload: bytes) -> None:

@@ -70,8 +70,8 @@ class Handler(Protocol):
 class Socket(asyncio.Protocol):
     """One adopted WebSocket connection after its handshake: the transport's protocol."""
 
-    __slots__ = ("_close_timer", "_closing", "_connections", "_drained", "_heard", "_high", "_pinged",
-                 "_reader", "_reading_paused", "_transport", "_write_paused", "handler")
+    __slots__ = ("_close_timer", "_closing", "_connections", "_drained", "_heard", "_high", "_limit",
+                 "_pinged", "_reader", "_reading_paused", "_transport", "_write_paused", "handler")
 
     def __init__(self, transport: asyncio.Transport, max_message: int, connections: set[Any]):
         self._transport = transport
@@ -84,6 +84,7 @@ class Socket(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._high = transport.get_write_buffer_limits()[1]
+        self._limit = 1 << 30  # until the app sets its own (bound)
         self._drained: asyncio.Future[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
@@ -102,15 +103,24 @@ class Socket(asyncio.Protocol):
     def open(self) -> bool:
         return not self._closing
 
-    def offer(self, frames: bytes, limit: int) -> bool:
-        """Write ``frames`` unless that would put more than ``limit`` bytes in the buffer.
+    def bound(self, limit: int, high: int) -> None:
+        """Bound the write buffer: ``offer`` refuses what would put more than ``limit``
+        bytes in it, and writing pauses (see ``drain``) past ``high`` bytes, if that is
+        lower than the transport's own mark."""
+        self._limit = limit
+        if high < self._high:
+            self._transport.set_write_buffer_limits(high=high)
+            self._high = self._transport.get_write_buffer_limits()[1]
+
+    def offer(self, frames: bytes) -> bool:
+        """Write ``frames`` unless that would pass the bound (see ``bound``).
 
         Returns False only when the peer is too slow; a connection that is closing
         drops the frames and returns True, since there is no one left to slow down.
         """
         if self._closing:
             return True
-        transport = self._transport
+        transport, limit = self._transport, self._limit
         # Unless writing is paused, the buffer holds at most the high-water mark (asyncio's
         # flow-control contract): then the bound needs no look at the buffer.
         if (self._write_paused or self._high + len(frames) > limit) and \
@@ -118,13 +128,6 @@ class Socket(asyncio.Protocol):
             return False
         transport.write(frames)
         return True
-
-    def cap_high_water(self, high: int) -> None:
-        """Pause writing (see ``drain``) once ``high`` bytes wait, if that is lower
-        than the transport's own mark."""
-        if high < self._high:
-            self._transport.set_write_buffer_limits(high=high)
-            self._high = self._transport.get_write_buffer_limits()[1]
 
     async def drain(self, timeout: float) -> bool:
         """Wait until the transport wants more data; False on timeout or close. One waiter."""
