@@ -95,12 +95,12 @@ def create_app(settings: Settings) -> WebSocketFront:
         app.state.service = service
         app.state.hub = hub
         app.state.sessions = session.Registry()
-        reconciler = asyncio.create_task(service.reconcile_forever(), name="aicq-counts")
+        counts = asyncio.create_task(service.flush_counts_forever(), name="aicq-counts")
         log.info("AICQ ready on %s:%s (instance %s)", settings.host, settings.port, settings.instance)
         try:
             yield
         finally:
-            reconciler.cancel()  # sessions are closed by now: uvicorn sends them 1012 first
+            counts.cancel()  # sessions are closed by now: uvicorn sends them 1012 first
             await hub.stop()
             await redis.aclose()
             await store.close()

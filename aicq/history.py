@@ -7,8 +7,10 @@ Keys keep the Go server's names and member format (SPEC §9):
 - ``dm:{id}:inbox``       sorted set of DM JSON, 7-day retention
 - ``search:words:{word}`` sorted set of ``{room_id}:{msg_id}``, score = ts
 - ``stats:recent``        list of the newest public members (ours, for /stats)
-- ``counts:parked:{db}``  hash room → message_count change PostgreSQL missed (ours;
-  ``db`` is a digest of DATABASE_URL, so stores sharing one Redis keep theirs apart)
+- ``counts:parked:{db}``  hash room → message_count change not yet in PostgreSQL (ours;
+  the append script counts each message here, atomically with storing it, and every
+  instance moves the counts to PostgreSQL once a second; ``db`` is a digest of
+  DATABASE_URL, so stores sharing one Redis keep theirs apart)
 - ``append:done:{token}`` the id and ts an append gave, for 2 minutes (ours): redis-py
   retries a command whose connection broke, and a retried append must not store twice
 
@@ -72,6 +74,10 @@ def dm_channel(agent_id: str) -> str:
     return f"aicq:dm:{agent_id}"
 
 
+def _parked_key(database: str) -> str:
+    return f"{PARKED_COUNTS_KEY}:{database}"
+
+
 def publication(frame: bytes) -> bytes:
     """What goes over pub/sub: the publish time (for the latency histogram) and the frame."""
     return b"%.6f|" % time.time() + frame
@@ -104,7 +110,7 @@ end
 # behind the room's newest message, and its id a ULID of that ts that sorts after the
 # newest id, so the order messages are published in is exactly their (ts, id) order,
 # whichever instance posted them and however their clocks disagree.
-# KEYS: messages, index, recent, word keys...
+# KEYS: messages, index, recent, parked counts, word keys...
 # ARGV: random (16 Crockford chars), member head, middle, tail, frame head, middle, tail,
 #       ttl_ms, room_id, public (0/1), channel
 _APPEND = """
@@ -132,7 +138,7 @@ local function increment(id)
   return table.concat(chars)
 end
 
-local zkey, hkey, recent = KEYS[1], KEYS[2], KEYS[3]
+local zkey, hkey, recent, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- A client retrying after a lost reply sends the same random part: answer it with
 -- the message already stored instead of storing it twice.
 local done_key = 'append:done:' .. ARGV[1]
@@ -168,11 +174,12 @@ redis.call('ZADD', zkey, ts, member)
 redis.call('HSET', hkey, id, member)
 redis.call('PEXPIRE', zkey, ttl)
 redis.call('PEXPIRE', hkey, ttl)
+redis.call('HINCRBY', counts, ARGV[9], 1)
 if ARGV[10] == '1' then
   redis.call('LPUSH', recent, member)
   redis.call('LTRIM', recent, 0, %d)
   local ref = ARGV[9] .. ':' .. id
-  for i = 4, #KEYS do
+  for i = 5, #KEYS do
     redis.call('ZADD', KEYS[i], ts, ref)
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. cutoff)
     redis.call('PEXPIRE', KEYS[i], ttl)
@@ -353,20 +360,21 @@ class History:
         return (now_ms or _now_ms()) - MESSAGE_TTL_MS
 
     async def append(self, draft: Message, *, public: bool, words: list[str],
-                     frame: tuple[bytes, bytes, bytes]) -> Message:
-        """Name, store, index, trim and publish one message, atomically.
+                     frame: tuple[bytes, bytes, bytes], database: str) -> Message:
+        """Name, store, index, trim, count and publish one message, atomically.
 
         Args:
             draft: the message, its id and ts still slots (``Message.draft``).
             public: index its words and list it in /stats.
             words: its search tokens (ignored for private rooms).
             frame: the live event for it, ``spliced`` around the same slots.
+            database: whose parked counts take the room's +1 (``Store.identity``).
 
         Returns:
             The message as stored, with the id and ts Redis gave it.
         """
         room_id = draft.room_id
-        keys = [messages_key(room_id), index_key(room_id), RECENT_KEY]
+        keys = [messages_key(room_id), index_key(room_id), RECENT_KEY, _parked_key(database)]
         keys += [word_key(w) for w in words] if public else []
         args = [_random_part(), *spliced(draft.to_redis()), *frame, MESSAGE_TTL_MS,
                 room_id, "1" if public else "0", room_channel(room_id)]
@@ -499,13 +507,13 @@ class History:
         return out
 
     async def park_count(self, database: str, room_id: str, delta: int) -> None:
-        """Keep a message_count change ``database`` could not take, for later."""
-        await timed(self.redis.hincrby(f"{PARKED_COUNTS_KEY}:{database}", room_id, delta))
+        """Keep a message_count change for ``database`` until it is moved there."""
+        await timed(self.redis.hincrby(_parked_key(database), room_id, delta))
 
     async def take_parked_counts(self, database: str) -> dict[str, int]:
         """Every change parked for ``database``, removed atomically (so two instances
         never apply one twice)."""
-        pairs = await timed(self._take_counts(keys=[f"{PARKED_COUNTS_KEY}:{database}"]))
+        pairs = await timed(self._take_counts(keys=[_parked_key(database)]))
         return {pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
     async def claim_nonce(self, agent_id: str, nonce: str) -> bool:

@@ -183,14 +183,16 @@ class Store:
 
         return await self._run(query)
 
-    async def count_message(self, room_id: str, delta: int) -> None:
-        """Move the room's message_count; a new message also marks it active."""
-        if delta > 0:
-            sql = ("UPDATE rooms SET message_count = message_count + $2, last_active_at = now() "
-                   "WHERE id = $1::uuid")
-        else:
-            sql = "UPDATE rooms SET message_count = GREATEST(message_count + $2, 0) WHERE id = $1::uuid"
-        await self._run(lambda c: c.execute(sql, room_id, delta))
+    async def count_messages(self, counts: dict[str, int]) -> None:
+        """Move rooms' message_count by ``counts`` (room id → delta) in one statement;
+        a room that gained messages is marked active now."""
+        rooms, deltas = list(counts), list(counts.values())
+        await self._run(lambda c: c.execute(
+            "UPDATE rooms SET message_count = GREATEST(rooms.message_count + v.delta, 0), "
+            "last_active_at = CASE WHEN v.delta > 0 THEN now() ELSE rooms.last_active_at END "
+            "FROM unnest($1::uuid[], $2::bigint[]) AS v(id, delta) WHERE rooms.id = v.id",
+            rooms, deltas,
+        ))
 
     async def stats(self) -> dict[str, Any]:
         async def query(c: asyncpg.Connection) -> dict[str, Any]:

@@ -157,6 +157,21 @@ async def recv_until(ws: Any, predicate: Any, timeout: float = 5) -> dict:
     return await asyncio.wait_for(scan(), timeout)
 
 
+async def settled_message_count(http: httpx.AsyncClient, room: str, expected: int, timeout: float = 5) -> int | None:
+    """The room's message_count in /channels once it equals ``expected``, or after ``timeout``.
+
+    Counts reach PostgreSQL within a second of a post (they are moved in batches);
+    a counter offers nothing to wait on, so this polls, bounded.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = (await http.get("/channels", params={"limit": 100})).json()["channels"]
+        count = next((c["message_count"] for c in listed if c["id"] == room), None)
+        if count == expected or time.monotonic() >= deadline:
+            return count
+        await asyncio.sleep(0.05)
+
+
 def random_ip() -> str:
     return f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"
 
