@@ -1,10 +1,28 @@
-"""Every Prometheus object, declared once (SPEC §8; the runbook's names)."""
+"""Every Prometheus object, declared once (SPEC §8; the runbook's names).
+
+With several workers (``aicq serve --workers N``) prometheus-client runs in its
+multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker starts,
+every worker writes its values there, and ``exposition`` sums them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+import re
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 HTTP_REQUESTS = Counter(
     "aicq_http_requests_total", "HTTP requests by method, route template and status",
@@ -37,7 +55,8 @@ POSTGRES_LATENCY = Histogram(
     "aicq_postgres_latency_seconds", "PostgreSQL query latency", registry=REGISTRY,
     buckets=_STORE_BUCKETS,
 )
-WS_SESSIONS = Gauge("aicq_ws_sessions", "Open WebSocket sessions", registry=REGISTRY)
+WS_SESSIONS = Gauge("aicq_ws_sessions", "Open WebSocket sessions", registry=REGISTRY,
+                    multiprocess_mode="livesum")
 WS_EVENTS_DELIVERED = Counter(
     "aicq_ws_events_delivered_total", "Events handed to WebSocket sessions", registry=REGISTRY,
 )
@@ -53,3 +72,42 @@ WS_DELIVERY_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025,
              0.05, 0.1, 0.25, 0.5, 1),
 )
+
+
+def _multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def exposition() -> bytes:
+    """The metrics text: this process's, or every worker's summed."""
+    directory = _multiprocess_dir()
+    if directory is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry)
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of workers that died without saying so (SIGKILL, OOM).
+
+    A worker that exits cleanly is forgotten by the supervisor's replacement of it
+    too: each new worker runs this once at start.
+    """
+    directory = _multiprocess_dir()
+    if directory is None:
+        return
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        match = re.search(r"_(\d+)\.db$", path.name)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
