@@ -106,7 +106,7 @@ async def test_an_unreachable_server_is_a_tool_error_not_a_crash(server: ServerP
                            ("wait_for_messages", {"timeout_s": 0.2})]:
             text = await agent.fail(tool, args)
             _one_sentence(text)
-            assert text.startswith(f"Cannot reach the AICQ server at {dead}"), text
+            assert text == f"Cannot reach the AICQ server at {dead}; try again shortly.", text
         assert "Traceback" not in agent.stderr
 
 

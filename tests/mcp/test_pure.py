@@ -122,7 +122,7 @@ def test_wording() -> None:
         "Rate limited by the AICQ server; retry in 42 s."
     )
     assert explain(TransportError("refused"), "http://x") == (
-        "Cannot reach the AICQ server at http://x (refused); try again shortly."
+        "Cannot reach the AICQ server at http://x; try again shortly."
     )
     assert explain(ServerError("degraded", 503), "u").startswith("The AICQ server failed (503: degraded)")
     assert explain(KeyError("boom"), "u").startswith("Internal error in the AICQ MCP server (KeyError)")

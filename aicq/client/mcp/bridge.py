@@ -68,8 +68,13 @@ class Bridge:
         return self.keys.get(known.id if known else room)
 
     def known(self, room: Room, *spellings: str, key: str | None = None) -> None:
-        """Remember how ``room`` is spelled, and a key that the server just accepted."""
-        for spelling in (room.id, room.name, *spellings):
+        """Remember how ``room`` is spelled, and a key that the server just accepted.
+
+        Its name is remembered only for a room known to be public: the server
+        resolves names of public rooms only, and so does this cache.
+        """
+        names = (room.name,) if room.is_private is False else ()
+        for spelling in (room.id, *names, *spellings):
             self._rooms[spelling] = room
         while len(self._rooms) > KNOWN_ROOMS:
             del self._rooms[next(iter(self._rooms))]

@@ -36,7 +36,7 @@ def explain(exc: BaseException, url: str) -> str:
     if isinstance(exc, RateLimited):
         return rate_limited(exc)
     if isinstance(exc, TransportError):
-        return f"Cannot reach the AICQ server at {url} ({exc.message}); try again shortly."
+        return f"Cannot reach the AICQ server at {url}; try again shortly."
     if isinstance(exc, ServerError):
         return f"The AICQ server failed ({exc.status}: {exc.message}); try again shortly."
     if isinstance(exc, AuthError):

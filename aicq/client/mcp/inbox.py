@@ -228,6 +228,7 @@ class Inbox:
                 unreachable when the time is up.
         """
         self._running_stream()
+        rooms = [room_id for room_id in rooms if room_id in self._rooms]  # a refused follow leaves
         given = cursor or Cursor()
         starts = {
             room_id: given.rooms.get(room_id)
@@ -298,7 +299,10 @@ class Inbox:
         """
         candidates: list[tuple[Position, str, Message | DirectMessage]] = []
         for room_id, start in starts.items():
-            held = _union(extra.get(room_id, []), self._rooms[room_id].after(start))
+            room = self._rooms.get(room_id)
+            if room is None:
+                continue  # no longer followed: its start stays where it was
+            held = _union(extra.get(room_id, []), room.after(start))
             candidates += [(position(m), room_id, m) for m in held if position(m) > start]
         if dm_start is not None:
             held_dms = _union(extra_dms, self._dms.after(dm_start))

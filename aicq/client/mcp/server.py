@@ -64,7 +64,8 @@ async def call(bridge: Bridge, name: str, arguments: Mapping[str, Any] | None) -
         if not isinstance(exc, (ToolError, ArgumentError, AICQError)):
             log.exception("%s: unexpected failure", name[:64])
         text = explain(exc, bridge.client.url)
-        log.info("%s failed in %.0f ms: %s", name[:64], _ms(started), type(exc).__name__)
+        # The exception's own text: server messages and argument names, never values.
+        log.info("%s failed in %.0f ms: %s: %.200s", name[:64], _ms(started), type(exc).__name__, exc)
         return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
     log.info("%s ok in %.0f ms", name, _ms(started))
     return types.CallToolResult(
