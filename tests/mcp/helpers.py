@@ -77,14 +77,21 @@ async def stdio_agent(
         env=cli_env(),
         cwd=REPO,
     )
+    garbled: list[Exception] = []  # what stdout carried that was not the protocol
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, Exception):
+            garbled.append(message)
+
     with stderr_path.open("a") as errlog:
         async with asyncio.timeout(WAIT):
-            client = Client(stdio_client(params, errlog=errlog))
+            client = Client(stdio_client(params, errlog=errlog), message_handler=on_message)
             await client.__aenter__()
         try:
             yield Agent(client, profile, stderr_path)
         finally:
             await client.__aexit__(None, None, None)
+    assert not garbled, f"stdout carried more than the protocol: {garbled}"
 
 
 @contextlib.asynccontextmanager

@@ -121,8 +121,11 @@ async def test_a_private_room_key_is_given_once_kept_0600_and_never_shown(server
     for secret in (key, wrong):
         assert not any(secret in out for _, _, out in transcript) and secret not in stderr
 
-    # A later process on the same profile still has the keys.
-    async with stdio_agent(server.url, profile, None) as again:
+    # A later process on the same profile still has the keys (and its identity: --register
+    # only names a profile that has none).
+    async with stdio_agent(server.url, profile, "another-name") as again:
+        _, me = await again.call("who")
+        assert me["id"] == Profile(profile).load().agent_id and me["name"] != "another-name"
         _, page = await again.call("read_room", {"room": theirs.id})
         assert [m["body"] for m in page["messages"]] == ["the key was kept"]
     async with AsyncClient(server.url) as anonymous:

@@ -111,6 +111,9 @@ class Inbox:
         except AICQError as exc:
             log.warning("live stream stopped: %s", exc)
             self.error = exc
+        except Exception:
+            log.exception("live stream failed")
+            self.error = AICQError("the live stream failed; the next call starts it again")
         finally:
             self._wake()
 
