@@ -167,9 +167,6 @@ class Inbox:
     def room_name(self, room_id: str) -> str:
         return self._names.get(room_id, room_id)
 
-    def key(self, room_id: str) -> str | None:
-        return self._keys.get(room_id)
-
     async def follow(self, room: Room, since: Position, key: str | None = None) -> None:
         """Follow ``room`` from ``since`` (the server replays what came after it).
 
@@ -240,8 +237,6 @@ class Inbox:
             or START
             for room_id in rooms
         }
-        self._sync_dm_floor()
-        dm_start = (given.dm or self._dm_mark or self._dms.newest()) if dms else None
         extra: dict[str, list[Message]] = {}
         gaps: set[str] = set()
         for room_id, start in starts.items():
@@ -249,20 +244,25 @@ class Inbox:
                 extra[room_id], complete = await self._room_history(room_id, start)
                 if not complete:
                     gaps.add(room_id)
+        # DMs are taken from the moment the stream has read its starting inbox (which
+        # sets the DM log's floor): before that, what the log lacks is not known.
+        dm_start = (given.dm or self._dm_mark) if dms else None
+        dm_ready = False
         extra_dms: list[DirectMessage] = []
-        if dm_start is not None and not self._dms.covers(dm_start):
-            extra_dms, complete = await self._dm_history(dm_start)
-            if not complete:
-                gaps.add("dm")
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            self._sync_dm_floor()
-            if dms and dm_start is None:
-                dm_start = self._dms.floor  # known once the stream has read the inbox
             changed = self._changed
-            batch = self._collect(starts, dm_start, extra, extra_dms, limit)
+            self._sync_dm_floor()
+            if dms and not dm_ready and self._dms.floor is not None:
+                dm_ready = True
+                dm_start = dm_start or self._dms.newest()
+                if dm_start is not None and not self._dms.covers(dm_start):
+                    extra_dms, complete = await self._dm_history(dm_start)
+                    if not complete:
+                        gaps.add("dm")
+            batch = self._collect(starts, dm_start if dm_ready else None, extra, extra_dms, limit)
             gaps |= self._gaps & set(rooms)
             self._gaps -= gaps
             if batch.messages or batch.dms or gaps:
@@ -283,7 +283,7 @@ class Inbox:
             self.seen(room_id, batch.cursor.rooms[room_id])
         if batch.cursor.dm is not None:
             self.seen_dm(batch.cursor.dm)
-        merged = Cursor({**given.rooms, **batch.cursor.rooms}, batch.cursor.dm or given.dm)
+        merged = Cursor({**given.rooms, **batch.cursor.rooms}, batch.cursor.dm or dm_start or given.dm)
         batch.cursor = merged
         batch.gaps = sorted(gaps)
         return batch
