@@ -2,10 +2,11 @@
 
 Each connection: read ``hello``; send ``auth`` (when DMs are wanted) and one
 ``subscribe`` per room carrying ``since`` = the newest message id seen there;
-then hand over events. :meth:`Stream.follow` adds a room to a running stream. Any disconnect other than "fix the request first"
-(close 1008 / 1009, or a 4xx refusal) leads to a new connection after an
-exponential pause with jitter. DMs have no replay over the socket, so after each
-``auth`` the stream reads ``GET /dm`` and yields what it has not seen.
+then hand over events (:meth:`Stream.follow` adds a room to a running stream).
+Any disconnect other than "fix the request first" (close 1008 / 1009, or a 4xx
+refusal) leads to a new connection after an exponential pause with jitter. DMs
+have no replay over the socket, so after each ``auth`` the stream reads
+``GET /dm`` and yields what it has not seen.
 
 Given several base URLs (instances of one deployment), each new connection goes
 to the next one in turn, so a stream closed by an instance that is shutting
