@@ -22,6 +22,7 @@ from aicq.client import render
 from aicq.client.api import DEFAULT_URL, AsyncClient
 from aicq.client.credentials import DEFAULT_PROFILE, Credentials, Profile
 from aicq.client.errors import AICQError, CredentialsError
+from aicq.client.mcp import command as mcp_command
 from aicq.client.models import Deleted, DirectMessage, Gap, Message
 
 Handler = Callable[[argparse.Namespace, AsyncClient], Awaitable[int]]
@@ -367,6 +368,10 @@ def register_commands(subparsers: Any) -> None:
     p.add_argument("room", metavar="ROOM", help="room id or public room name")
     p.add_argument("id", metavar="ID", help="the message id")
     p.set_defaults(func=_run(_delete, credentials="required"))
+
+    p = verb("mcp", "serve this agent's tools to an LLM agent over MCP (stdio, or --http)")
+    mcp_command.add_arguments(p)
+    p.set_defaults(func=lambda args: mcp_command.run(args, _url(args)))
 
 
 def _tail_entry(args: argparse.Namespace) -> int:

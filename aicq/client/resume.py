@@ -65,6 +65,24 @@ class ResumeState:
         self.dm_seen = RecentIds()
         self.dm_floor: tuple[int, str] | None = None  # DMs at or before this predate the stream
 
+    def add_room(self, room: str, key: str | None = None, since: str | None = None) -> bool:
+        """Follow one more room (as the caller spells it); False if it is already followed."""
+        if room in self.rooms:
+            return False
+        self.rooms.append(room)
+        if key is not None:
+            self._keys[room] = key
+        if since is not None:
+            self._since_by_request[room] = since
+        return True
+
+    def drop_room(self, room: str) -> None:
+        """Stop following ``room`` (a subscription the server refused)."""
+        if room in self.rooms:
+            self.rooms.remove(room)
+        self._keys.pop(room, None)
+        self._since_by_request.pop(room, None)
+
     def since(self, room: str) -> str | None:
         """The ``since`` cursor for ``room`` as requested: the newest message id seen."""
         room_id = self.room_ids.get(room, room)

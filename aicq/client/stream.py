@@ -2,10 +2,11 @@
 
 Each connection: read ``hello``; send ``auth`` (when DMs are wanted) and one
 ``subscribe`` per room carrying ``since`` = the newest message id seen there;
-then hand over events. Any disconnect other than "fix the request first"
-(close 1008 / 1009, or a 4xx refusal) leads to a new connection after an
-exponential pause with jitter. DMs have no replay over the socket, so after each
-``auth`` the stream reads ``GET /dm`` and yields what it has not seen.
+then hand over events (:meth:`Stream.follow` adds a room to a running stream).
+Any disconnect other than "fix the request first" (close 1008 / 1009, or a 4xx
+refusal) leads to a new connection after an exponential pause with jitter. DMs
+have no replay over the socket, so after each ``auth`` the stream reads
+``GET /dm`` and yields what it has not seen.
 
 Given several base URLs (instances of one deployment), each new connection goes
 to the next one in turn, so a stream closed by an instance that is shutting
@@ -15,9 +16,11 @@ down (1012) resumes on another at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,7 +43,7 @@ from aicq.client.errors import (
     TransportError,
     error_for,
 )
-from aicq.client.models import DirectMessage, Event, Gap
+from aicq.client.models import DirectMessage, Event, Gap, Room
 from aicq.client.resume import ResumeState
 from aicq.protocol import should_reconnect
 
@@ -51,6 +54,16 @@ if TYPE_CHECKING:
 
 class _Retry(Exception):
     """This connection is done; make another."""
+
+
+@dataclass
+class _Pending:
+    """An op sent on the current connection, waiting for its ``ok`` or ``error``."""
+
+    what: str  # "auth" or "subscribe"
+    room: str
+    deadline: float  # loop time
+    resumed: bool = False  # a subscribe that carried ``since``
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -142,6 +155,10 @@ class Stream:
         self._refs = (str(n) for n in itertools.count(1))
         self._gen: AsyncGenerator[Event, None] | None = None
         self._ready = asyncio.Event()
+        self._ws: ClientConnection | None = None  # the current connection, once hello was read
+        self._pending: dict[str, _Pending] = {}  # by ref, on the current connection
+        self._followers: dict[str, asyncio.Future[Room]] = {}  # rooms added by follow()
+        self._live = False  # the current connection has had every initial op answered
 
     # -- iteration ----------------------------------------------------------------
 
@@ -155,6 +172,8 @@ class Stream:
 
     async def aclose(self) -> None:
         """Close the socket and stop; iteration then ends."""
+        for future in self._followers.values():
+            future.cancel()
         if self._gen is not None:
             await self._gen.aclose()
 
@@ -180,35 +199,80 @@ class Stream:
     def room_name(self, room_id: str) -> str:
         return self.state.room_names.get(room_id, room_id)
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is up and its initial subscriptions were confirmed."""
+        return self._live
+
+    async def follow(
+        self, room: str, *, key: str | None = None, since: str | None = None
+    ) -> Room:
+        """Add ``room`` to the stream and return it once the server confirmed it.
+
+        On a live connection the ``subscribe`` goes out at once; otherwise the next
+        connection sends it with the others. A refusal (404, 403, ...) raises here
+        and leaves the rest of the stream running. Someone must be iterating the
+        stream for the answer to arrive; bound the wait with a timeout.
+
+        Args:
+            room: a room id or a public room's name.
+            key: the private room's key.
+            since: replay the room's history after this message id (or unix ms).
+        """
+        room_id = self.state.room_ids.get(room)
+        if room_id is not None and room not in self._followers:
+            return Room(room_id, self.room_name(room_id))
+        future = self._followers.get(room)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._followers[room] = future
+            future.add_done_callback(_consume_exception)
+            if self.state.add_room(room, key, since) and self._ws is not None:
+                with contextlib.suppress(ConnectionClosed):  # the next connection sends it
+                    await self._subscribe(self._ws, room)
+        return await asyncio.shield(future)
+
     # -- the loop -----------------------------------------------------------------
 
     async def _run(self) -> AsyncGenerator[Event, None]:
         if self._dms:
             self._client.require_credentials().require_id()
-            inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
-            self.state.dm_baseline(inbox["messages"])
         failures = 0
         last_error = ""
         while True:
             ready_before = self.connections
             try:
+                if self._dms and self.state.dm_floor is None:
+                    # What the inbox holds when the stream starts is old news; reading
+                    # it is retried like a connection, so a server still down waits.
+                    inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
+                    self.state.dm_baseline(inbox["messages"])
                 async with connect(
                     ws_url_for(self.url),
                     open_timeout=self.ready_timeout,
                     compression=None,
                     max_size=1 << 20,
                 ) as ws:
-                    async for event in self._session(ws):
-                        yield event
+                    try:
+                        async for event in self._session(ws):
+                            yield event
+                    finally:
+                        self._ws = None
+                        self._live = False
+                        self._pending.clear()
                 raise _Retry("the server ended the stream")
             except Exception as exc:
                 last_error = str(exc) or type(exc).__name__
                 if isinstance(exc, ConnectionClosed):
                     self.last_close = exc.rcvd.code if exc.rcvd is not None else None
                 if not _retryable(exc):
-                    if isinstance(exc, AICQError):
+                    error = exc if isinstance(exc, AICQError) else _fatal(exc)
+                    for future in self._followers.values():
+                        if not future.done():
+                            future.set_exception(error)
+                    if error is exc:
                         raise
-                    raise _fatal(exc) from exc
+                    raise error from exc
             failures = 0 if self.connections > ready_before else failures + 1
             self._turn = (self._turn + 1) % len(self.urls)
             limit = self.max_attempts
@@ -229,42 +293,47 @@ class Stream:
 
     async def _session(self, ws: ClientConnection) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.ready_timeout
-        hello = await self._recv(ws, deadline)
+        hello = await self._recv(ws, loop.time() + self.ready_timeout)
         if hello.get("type") != "hello":
             raise _Retry(f"expected hello, got {hello.get('type')!r}")
         self.hello = hello
-        pending: dict[str, tuple[str, str]] = {}
-        resumed: dict[str, bool] = {}
+        self._pending.clear()
+        # From here on follow() sends its own subscribe; the rooms known now are sent
+        # below, from a copy taken in the same step, so each goes out exactly once.
+        self._ws = ws
+        rooms = list(self.state.rooms)
         if self._dms:
             ref = next(self._refs)
-            pending[ref] = ("auth", "")
+            self._pending[ref] = _Pending("auth", "", loop.time() + self.ready_timeout)
             await ws.send(
                 orjson.dumps(auth_frame(self._client.require_credentials(), ref)).decode()
             )
-        for room in self.state.rooms:
-            ref = next(self._refs)
-            op = self.state.subscribe_op(room, ref)
-            pending[ref] = ("subscribe", room)
-            resumed[room] = "since" in op
-            await ws.send(orjson.dumps(op).decode())
-        if not pending:
+        for room in rooms:
+            await self._subscribe(ws, room)
+        if not self._pending:
             self._mark_ready()
         while True:
-            frame = await self._recv(ws, deadline if pending else None)
+            frame = await self._recv(ws, self._deadline())
             kind, ref = frame.get("type"), frame.get("ref")
-            if kind in ("ok", "error") and isinstance(ref, str) and ref in pending:
-                what, room = pending.pop(ref)
+            if kind in ("ok", "error") and isinstance(ref, str) and ref in self._pending:
+                op = self._pending.pop(ref)
                 if kind == "error":
-                    raise error_for(int(frame.get("code") or 400), str(frame.get("error") or what))
-                if what == "auth":
+                    error = error_for(int(frame.get("code") or 400), str(frame.get("error") or op.what))
+                    follower = self._followers.pop(op.room, None)
+                    if follower is None:
+                        raise error
+                    self.state.drop_room(op.room)  # only this room was refused
+                    if not follower.done():
+                        follower.set_exception(error)
+                elif op.what == "auth":
                     for dm in await self._dm_catch_up():
                         yield dm
                 else:
-                    gap: Gap | None = self.state.subscribed(room, frame, resumed[room])
+                    gap: Gap | None = self.state.subscribed(op.room, frame, op.resumed)
+                    self._confirm(op.room)
                     if gap is not None:
                         yield gap
-                if not pending:
+                if not self._live and not self._pending:
                     self._mark_ready()
                 continue
             event = self.state.accept(frame)
@@ -273,7 +342,25 @@ class Stream:
             if event is not None:
                 yield event
 
+    async def _subscribe(self, ws: ClientConnection, room: str) -> None:
+        ref = next(self._refs)
+        op = self.state.subscribe_op(room, ref)
+        deadline = asyncio.get_running_loop().time() + self.ready_timeout
+        self._pending[ref] = _Pending("subscribe", room, deadline, resumed="since" in op)
+        await ws.send(orjson.dumps(op).decode())
+
+    def _deadline(self) -> float | None:
+        """When the oldest unanswered op times out (loop time); None if nothing is pending."""
+        return min((op.deadline for op in self._pending.values()), default=None)
+
+    def _confirm(self, room: str) -> None:
+        follower = self._followers.pop(room, None)
+        if follower is not None and not follower.done():
+            room_id = self.state.room_ids.get(room, room)
+            follower.set_result(Room(room_id, self.room_name(room_id)))
+
     def _mark_ready(self) -> None:
+        self._live = True
         self.connections += 1
         self._ready.set()
 
@@ -312,3 +399,9 @@ class Stream:
                 fresh.append(self._client.decrypt(dm))
         fresh.sort(key=lambda dm: (dm.ts, dm.id))
         return fresh
+
+
+def _consume_exception(future: asyncio.Future[Room]) -> None:
+    """Mark a follower's error as seen: its caller may have stopped waiting."""
+    if not future.cancelled():
+        future.exception()
