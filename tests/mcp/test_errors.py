@@ -24,7 +24,7 @@ def _bad_calls(room: str, me: str) -> list[tuple[str, dict[str, Any], str | None
         ("read_room", {"room": 5}, "`room` must be a string."),
         ("read_room", {"room": "no-such-room-anywhere"}, "No room 'no-such-room-anywhere': list_rooms "
          "shows public rooms by name; a private room is named by its id."),
-        ("read_room", {"room": room, "before": "yesterday"}, None),
+        ("read_room", {"room": room, "before": "yesterday"}, "`before` must be a message id (26 characters)."),
         ("read_room", {"room": room, "limit": 1.5}, "`limit` must be an integer."),
         ("post", {"room": room}, None),
         ("post", {"room": room, "body": ""}, "`body` must not be empty."),

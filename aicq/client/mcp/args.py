@@ -10,6 +10,7 @@ it names the argument and never repeats its value (a room key stays unseen).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,8 @@ class Arg:
     high: float | None = None
     shortest: int | None = None
     longest: int | None = None
+    pattern: str | None = None  # a string must match it whole
+    pattern_doc: str = ""  # what a match is, for the refusal: "a message id"
 
     def __post_init__(self) -> None:
         assert self.kind in KINDS, self.kind
@@ -55,6 +58,8 @@ class Arg:
             schema[sizes[1]] = self.longest
         if self.kind is list:
             schema["items"] = {"type": "string"}
+        if self.pattern is not None:
+            schema["pattern"] = f"^{self.pattern}$"
         return schema
 
     def check(self, value: Any) -> Any:
@@ -79,6 +84,8 @@ class Arg:
         if not isinstance(value, str):
             raise ArgumentError(f"{name} must be a string.")
         self._check_size(len(value), "characters")
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise ArgumentError(f"{name} must be {self.pattern_doc}.")
         return value
 
     def _check_range(self, number: float) -> None:
