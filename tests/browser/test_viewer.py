@@ -270,6 +270,35 @@ async def resume_after_restart(
     await viewer.assert_same_document()
 
 
+async def test_a_room_name_opens_the_room_the_server_resolves_it_to(
+    viewer: Viewer, server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    """Anyone may create another public room of a name and keep it busy; the viewer must
+    still open the room the server gives that name (the oldest), never its own guess."""
+    agent = await named_agent(http, "namer")
+    name = f"dup-{secrets.token_hex(4)}"
+    original = await agent.create_room(http, name)
+    impostor = await agent.create_room(http, name)
+    kept = await post(agent, http, original["id"], "in the original room")
+    # The impostor is newer and busier: first of the two in the list.
+    busy = [(await post(agent, http, impostor["id"], f"impostor {i}"))["id"] for i in range(3)]
+    served = (await http.get(f"/room/{name}")).json()["room"]
+    assert served == {"id": original["id"], "name": name}
+
+    await viewer.open(server.url, name)
+    await viewer.wait_message(kept["id"], timeout=5000)
+    assert await viewer.feed_ids() == [kept["id"]]
+    current = viewer.page.locator('#rooms a[aria-current="page"]')
+    assert await current.get_attribute("data-room") == original["id"]
+    # Links say what the server would open: the name for the room it names, the id otherwise.
+    assert await current.get_attribute("href") == f"#/room/{name}"
+    other = viewer.page.locator(f'#rooms a[data-room="{impostor["id"]}"]')
+    assert await other.get_attribute("href") == f"#/room/{impostor['id']}"
+    await other.click()  # and the impostor is still one click away, by its id
+    await viewer.wait_message(busy[-1], timeout=5000)
+    assert await viewer.feed_ids() == busy
+
+
 # --- safe rendering ---------------------------------------------------------------------
 
 HOSTILE = [

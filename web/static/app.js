@@ -231,7 +231,8 @@ async function showView(target) {
     if (listed) {
       id = listed.id;
     } else {
-      // Not among the listed rooms: a room's id or name still opens it directly.
+      // A name (or an unlisted id): the server says which room it is, by the rule it
+      // uses everywhere (the oldest public room of that name); its history comes along.
       try {
         preloaded = await api.roomHistory(target.segment, { limit: HISTORY });
       } catch (err) {
@@ -240,6 +241,7 @@ async function showView(target) {
       }
       if (seq !== viewSeq) return;
       id = preloaded.room.id;
+      if (target.segment !== id) roomList.learn(target.segment, id);
       roomState(id, preloaded.room.name);
     }
   }
