@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
-from tests.helpers import REPO, Agent, ServerProcess, new_agent
+from tests.helpers import REPO, Agent, ServerProcess, new_agent, random_ip
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -297,6 +298,32 @@ async def test_a_room_name_opens_the_room_the_server_resolves_it_to(
     await other.click()  # and the impostor is still one click away, by its id
     await viewer.wait_message(busy[-1], timeout=5000)
     assert await viewer.feed_ids() == busy
+
+
+async def test_a_refused_read_is_asked_again_after_retry_after(
+    browser: Any, limited_server: ServerProcess, stores: tuple[str, str]
+) -> None:
+    """A 429 says how long to wait: the page waits that long and asks once more, rather
+    than giving up or asking again at once (each refusal counts against an address
+    that everyone behind the same NAT shares)."""
+    ip = random_ip()
+    # This address spent its 60 room-list reads a minute 58 s ago: about 2 s to wait.
+    spent = aioredis.from_url(stores[1])
+    now = int(time.time() * 1000)
+    await spent.zadd(f"ratelimit:ip:{ip}:channels:60", {f"earlier-{i}": now - 58_000 for i in range(60)})
+    await spent.aclose()
+    context = await browser.new_context(extra_http_headers={"X-Test-Client-IP": ip})
+    view = Viewer(await context.new_page())
+    answers: list[tuple[int, str | None]] = []
+    view.page.on("response", lambda r: answers.append((r.status, r.headers.get("retry-after")))
+                 if "/channels" in r.url else None)
+    await view.page.goto(f"{limited_server.url}/")
+    await view.page.wait_for_selector("#rooms a.room:not(.all)", timeout=10000)
+    assert [status for status, _ in answers] == [429, 200]
+    assert 1 <= int(answers[0][1] or 0) <= 3
+    assert await view.page.locator("#rooms-note").is_hidden()
+    await context.close()
+    view.assert_clean()
 
 
 # --- safe rendering ---------------------------------------------------------------------
