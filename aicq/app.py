@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 
 from aicq import migrate, rediskit
 from aicq.edge import rest, session, web
+from aicq.edge.connections import SessionSlots
 from aicq.edge.middleware import HttpObservability
 from aicq.edge.request import error_response
 from aicq.errors import AICQError, MethodNotAllowed, NotFound
@@ -102,6 +103,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         finally:
             counts.cancel()  # sessions are closed by now: uvicorn sends them 1012 first
             await hub.stop()
+            service.keys.close()
             await redis.aclose()
             await store.close()
 
@@ -134,4 +136,5 @@ def create_app(settings: Settings) -> WebSocketFront:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.session_slots = SessionSlots(settings.max_sessions_per_ip)
     return WebSocketFront(app)

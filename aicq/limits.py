@@ -4,6 +4,11 @@ Each limit is a sliding-window log: a sorted set of request times per
 (scope, endpoint), trimmed, counted and extended in one Lua script, so two
 instances never both admit the request that crosses the line. A refused request
 is not logged, so a client that backs off recovers on schedule.
+
+Violations count abuse, not retries: a refusal is a violation only each time a
+client's refused requests of one budget reach a whole budget's worth within a minute
+(see ``violation_step``). A client that overshoots and then waits out Retry-After
+never earns one; one that keeps asking for ten budgets more than it may is blocked.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ VIOLATIONS_TO_BLOCK = 10
 BLOCK_S = 24 * 3600
 BYTE_BUDGET = 32 * 1024
 BYTE_WINDOW_MS = 60_000
+REFUSALS_WINDOW_S = 60
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,13 @@ end
 return {count, 0}
 """
 
+# KEYS: refusals   ARGV: window_s   → refusals in the window, this one included
+_REFUSAL = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
 
 class Limiter:
     def __init__(self, redis: aioredis.Redis, *, auto_block: bool):
@@ -120,6 +133,7 @@ class Limiter:
         self._window = redis.register_script(_WINDOW)
         self._bytes = redis.register_script(_BYTES)
         self._violation = redis.register_script(_VIOLATION)
+        self._refusal = redis.register_script(_REFUSAL)
 
     def untouched(self, name: str) -> Quota:
         """The full budget of ``name``, for callers that are never counted."""
@@ -169,14 +183,41 @@ class Limiter:
             "rate limit exceeded",
             extra={"event": "rate_limit_exceeded", "ip": ip, "agent": agent_id, "endpoint": endpoint},
         )
-        count, blocked = await timed(self._violation(
-            keys=[f"violations:ip:{ip}", f"blocked:ip:{ip}"],
-            args=[VIOLATION_WINDOW_S, VIOLATIONS_TO_BLOCK, BLOCK_S, "1" if self.auto_block else "0"],
-        ))
-        if blocked:
-            log.warning(
-                "IP auto-blocked for repeated violations",
-                extra={"event": "ip_auto_blocked", "ip": ip, "violations": int(count)},
-            )
+        if await self.is_violation(endpoint, ip):
+            count, blocked = await timed(self._violation(
+                keys=[f"violations:ip:{ip}", f"blocked:ip:{ip}"],
+                args=[VIOLATION_WINDOW_S, VIOLATIONS_TO_BLOCK, BLOCK_S, "1" if self.auto_block else "0"],
+            ))
+            if blocked:
+                log.warning(
+                    "IP auto-blocked for repeated violations",
+                    extra={"event": "ip_auto_blocked", "ip": ip, "violations": int(count)},
+                )
         retry_after = max(1, math.ceil(wait_ms / 1000))
         raise RateLimited(headers={**quota.headers(), "Retry-After": str(retry_after)})
+
+    async def refuse(self, endpoint: str, ip: str, agent_id: str | None, quota: Quota, wait_ms: int) -> None:
+        """Refuse a request over a budget kept elsewhere (room keys): 429, counted like any."""
+        await self._refuse(endpoint, ip, agent_id, quota, wait_ms)
+
+    async def is_violation(self, endpoint: str, ip: str) -> bool:
+        """Count one refusal of ``endpoint`` for ``ip``: True on every ``violation_step``-th
+        within a minute."""
+        refused = await timed(self._refusal(keys=[f"refused:ip:{ip}:{endpoint}"], args=[REFUSALS_WINDOW_S]))
+        return int(refused) % violation_step(endpoint) == 0
+
+
+# Wrong private-room keys (aicq.roomkeys) a client may try, and a room may be tried
+# with, per window; a right key costs nothing.
+KEY_GUESSES_PER_IP = 10
+KEY_GUESSES_PER_ROOM = 100
+KEY_GUESS_WINDOW_S = 300
+
+# Refusals that make one violation, for budgets outside LIMITS (whole budgets' worth too).
+VIOLATION_STEPS = {"message_bytes": LIMITS["post_message"].requests, "room_key": KEY_GUESSES_PER_IP}
+
+
+def violation_step(endpoint: str) -> int:
+    """How many refusals of ``endpoint`` within a minute make one violation: its budget."""
+    limit = LIMITS.get(endpoint)
+    return limit.requests if limit is not None else VIOLATION_STEPS[endpoint]

@@ -205,8 +205,12 @@ def ok(ref: Any, **fields: Any) -> bytes:
     return _encode({"type": "ok", "ref": ref, **fields})
 
 
-def error(ref: Any, code: int, message: str) -> bytes:
-    return _encode({"type": "error", "ref": ref, "code": code, "error": message})
+def error(ref: Any, code: int, message: str, retry_after: int | None = None) -> bytes:
+    """An op's refusal; ``retry_after`` (seconds) is what REST says in Retry-After (429, 503)."""
+    frame: dict[str, Any] = {"type": "error", "ref": ref, "code": code, "error": message}
+    if retry_after is not None:
+        frame["retry_after"] = retry_after
+    return _encode(frame)
 
 
 def pong(ref: Any, server_time: int) -> bytes:

@@ -8,7 +8,6 @@ publication of events. A method returns plain data or raises an AICQError.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,23 +15,24 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import bcrypt
 from ulid import ULID
 
 from aicq import __version__, metrics, protocol, validation
 from aicq.auth import Authenticator, Credentials
-from aicq.cache import LRU
 from aicq.errors import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable, Unprocessable
 from aicq.history import History
 from aicq.limits import LIMITS, Limiter, Quota
 from aicq.models import Agent, DirectMessage, Message, Room, rfc3339, spliced
+from aicq.roomkeys import RoomKeys
 from aicq.settings import Settings
 from aicq.store import Store
 
 log = logging.getLogger("aicq.service")
 
-BCRYPT_ROUNDS = 10
 REPLAY_PAGE = 200
+# A replay is charged like the REST read it replaces: one read_room per this many
+# messages actually sent (GET /room's largest page), nothing when nothing is sent.
+MESSAGES_PER_READ = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,13 @@ class Registered:
     created: bool  # False: the key was registered already, this is its agent
 
 
+@dataclass(slots=True)
+class ReplayAllowance:
+    """Messages a connection has paid to replay and not replayed yet (see ``replay``)."""
+
+    left: int = 0
+
+
 class ChatService:
     def __init__(self, settings: Settings, store: Store, history: History, limiter: Limiter):
         self.settings = settings
@@ -74,8 +81,7 @@ class ChatService:
         self.history = history
         self.limiter = limiter
         self.auth = Authenticator(store.get_agent, history.claim_nonce)
-        # A verified (room, key) pair stays verified: keys cannot change, bcrypt is slow.
-        self._verified_keys: LRU = LRU(10_000)
+        self.keys = RoomKeys(limiter)
 
     # Callers and limits
 
@@ -144,19 +150,29 @@ class ChatService:
         agent = caller.require_agent()
         name = validation.room_name(name)
         key = validation.room_key(is_private, key)
-        key_hash = None
-        if key is not None:
-            hashed = await asyncio.to_thread(bcrypt.hashpw, key.encode(), bcrypt.gensalt(BCRYPT_ROUNDS))
-            key_hash = hashed.decode()
+        key_hash = await self.keys.hash(key) if key is not None else None
         room = await self.store.create_room(name, key is not None, key_hash, agent.id)
         return {"id": room.id, "name": room.name, "is_private": room.is_private}
 
-    async def room(self, ref: str, key: str | None) -> Room:
+    async def room(self, ref: str, key: str | None, caller: Caller) -> Room:
         """Resolve a room UUID or public name, checking a private room's key (403)."""
         room = await self.resolve_room(ref)
         if room.is_private:
-            await self._check_key(room, key)
+            await self._check_key(room, key, caller)
         return room
+
+    async def streamed_room(self, caller: Caller, ref: str, key: str | None = None, *, keyed: bool = True) -> Room:
+        """``room`` (or, not ``keyed``, ``resolve_room``) for an op on a stream.
+
+        A REST request pays a read before it looks anything up; a stream op (subscribe,
+        unsubscribe) pays one only when the room it names does not exist, so trying
+        random ids costs the same over every transport.
+        """
+        try:
+            return await (self.room(ref, key, caller) if keyed else self.resolve_room(ref))
+        except NotFound:
+            await self.admit(caller, "read_room")
+            raise
 
     async def resolve_room(self, ref: str) -> Room:
         """A room by UUID or public name, without checking any key."""
@@ -169,19 +185,12 @@ class ChatService:
             raise NotFound("room not found")
         return room
 
-    async def _check_key(self, room: Room, key: str | None) -> None:
-        if not key or not isinstance(key, str) or len(key.encode()) > validation.MAX_ROOM_KEY_BYTES:
-            raise Forbidden("this room is private: X-AICQ-Room-Key required")
-        fingerprint = (room.id, hashlib.sha256(key.encode()).digest())
-        if self._verified_keys.get(fingerprint):
-            return
-        assert room.key_hash, "private rooms always have a key hash"
-        if not await asyncio.to_thread(bcrypt.checkpw, key.encode(), room.key_hash.encode()):
-            raise Forbidden("invalid room key")
-        self._verified_keys.put(fingerprint, True)
+    async def _check_key(self, room: Room, key: str | None, caller: Caller) -> None:
+        await self.keys.check(room, key, ip=caller.ip, whitelisted=caller.whitelisted)
 
-    async def read_room(self, ref: str, key: str | None, limit: int, before: int | str | None) -> dict[str, Any]:
-        room = await self.room(ref, key)
+    async def read_room(self, caller: Caller, ref: str, key: str | None, limit: int,
+                        before: int | str | None) -> dict[str, Any]:
+        room = await self.room(ref, key, caller)
         page = await self.history.before(room.id, before, limit)
         return {
             "room": {"id": room.id, "name": room.name},
@@ -191,7 +200,7 @@ class ChatService:
 
     async def post_message(self, caller: Caller, ref: str, body: object, pid: object, key: str | None) -> Posted:
         agent = caller.require_agent()
-        room = await self.room(ref, key)
+        room = await self.room(ref, key, caller)
         body = validation.message_body(body)
         pid = validation.parent_id(pid)
         if pid is not None and await self.history.find(room.id, pid) is None:
@@ -354,9 +363,23 @@ class ChatService:
         cursor_ms = cursor if isinstance(cursor, int) else validation.ulid_ms(cursor)
         return cursor_ms >= self.history.cutoff()
 
-    def replay(self, room: Room, cursor: int | str) -> AsyncIterator[list[Message]]:
-        """Pages of every retained message of ``room`` after ``cursor``, oldest first."""
-        return self.history.pages_after(room.id, cursor, REPLAY_PAGE)
+    async def replay(self, room: Room, cursor: int | str, *, caller: Caller,
+                     allowance: ReplayAllowance) -> AsyncIterator[list[Message]]:
+        """Pages of every retained message of ``room`` after ``cursor``, oldest first.
+
+        Paid for as it goes: before a page is handed out, the caller spends one
+        ``read_room`` per ``MESSAGES_PER_READ`` messages its connection has not paid
+        for yet (``allowance`` carries the change from one replay to the next). A
+        replay that finds the cursor current costs nothing, and a reconnect that
+        replays a few messages in each of many rooms costs a read per 200 of them,
+        not one per room. Raises RateLimited between pages when the budget is spent.
+        """
+        async for page in self.history.pages_after(room.id, cursor, REPLAY_PAGE):
+            while allowance.left < len(page):
+                await self.admit(caller, "read_room")
+                allowance.left += MESSAGES_PER_READ
+            allowance.left -= len(page)
+            yield page
 
 
 def _ms(started: float) -> str:

@@ -36,6 +36,8 @@ class Settings:
     auto_block_enabled: bool = True
     admin_agent_id: str | None = None
     client_ip_header: str | None = None
+    ipv6_prefix: int = 64  # IPv6 clients are counted per network of this prefix
+    max_sessions_per_ip: int = 50  # live WebSocket (and streaming) sessions per client, per instance
     ws_queue_bytes: int = 1 << 20
     ws_heartbeat: float = 20.0
     shutdown_timeout: float = 25.0
@@ -50,13 +52,16 @@ class Settings:
         return self.fly_region or "local"
 
     def is_whitelisted(self, ip: str) -> bool:
+        """Whether the client ``ip`` (an address, or the IPv6 network clients are counted
+        by) is exempt from limits: a network is when any whitelisted address lies in it."""
         if not self.rate_limit_whitelist:
             return False
         try:
-            address = ipaddress.ip_address(ip)
+            client = ipaddress.ip_network(ip, strict=False)
         except ValueError:
             return False
-        return any(address in network for network in self.rate_limit_whitelist)
+        return any(client.overlaps(network) for network in self.rate_limit_whitelist
+                   if client.version == network.version)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -107,6 +112,8 @@ class Settings:
             auto_block_enabled=_bool(get("AUTO_BLOCK_ENABLED"), "AUTO_BLOCK_ENABLED", True),
             admin_agent_id=admin,
             client_ip_header=header.lower() if header else None,
+            ipv6_prefix=_int(get("IPV6_PREFIX"), "IPV6_PREFIX", 64, 32, 128),
+            max_sessions_per_ip=_int(get("MAX_SESSIONS_PER_IP"), "MAX_SESSIONS_PER_IP", 50, 1, 1_000_000),
             ws_queue_bytes=_int(get("WS_QUEUE_BYTES"), "WS_QUEUE_BYTES", 1 << 20, 16 << 10, 1 << 30),
             ws_heartbeat=float(_int(get("WS_HEARTBEAT"), "WS_HEARTBEAT", 20, 1, 3600)),
             instance=get("FLY_ALLOC_ID") or uuid.uuid4().hex[:12],

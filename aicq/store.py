@@ -2,7 +2,9 @@
 
 Agents and room identities never change once written, so both are cached in
 bounded LRUs; that keeps auth and room resolution off the database on the hot
-path, and lets streaming and posting ride out a short PostgreSQL outage.
+path, and lets streaming and posting ride out a short PostgreSQL outage. A room
+that is not there is remembered briefly too (``MISSING_*_S``), so asking for the
+same unknown id or name again and again does not reach the database each time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from aicq.errors import Unavailable
 from aicq.models import Agent, Room
 
 T = TypeVar("T")
+
+# How long "no such room" is believed. An id nobody has created cannot appear (ids
+# are random), so its answer keeps; a name can be created at any moment, on any
+# instance: this one forgets the miss when it creates the room, another may keep
+# answering 404 for this long.
+MISSING_ID_S = 60.0
+MISSING_NAME_S = 2.0
 
 
 _AGENT_COLUMNS = "id::text AS id, public_key, name, email, created_at"
@@ -42,6 +51,7 @@ class Store:
         self._agents: LRU = LRU(50_000)
         self._rooms: LRU = LRU(20_000)
         self._room_names: LRU = LRU(20_000)
+        self._missing: LRU = LRU(20_000)  # ("id" | "name", value) -> believed until (monotonic)
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Store:
@@ -138,22 +148,30 @@ class Store:
                 name, is_private, key_hash, created_by,
             )
         )
+        self._missing.pop(("name", name), None)
         return self._cache_room(_room(row))
 
     async def get_room(self, room_id: str) -> Room | None:
         cached = self._rooms.get(room_id)
         if cached is not None:
             return cached
+        if self._known_missing("id", room_id):
+            return None
         row = await self._run(
             lambda c: c.fetchrow(f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = $1::uuid", room_id)
         )
-        return self._cache_room(_room(row)) if row else None
+        if row is None:
+            self._missing.put(("id", room_id), time.monotonic() + MISSING_ID_S)
+            return None
+        return self._cache_room(_room(row))
 
     async def public_room_by_name(self, name: str) -> Room | None:
         """The oldest public room of this name (a newer namesake never shadows it)."""
         room_id = self._room_names.get(name)
         if room_id is not None:
             return await self.get_room(room_id)
+        if self._known_missing("name", name):
+            return None
         row = await self._run(
             lambda c: c.fetchrow(
                 f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE name = $1 AND NOT is_private "
@@ -162,10 +180,20 @@ class Store:
             )
         )
         if row is None:
+            self._missing.put(("name", name), time.monotonic() + MISSING_NAME_S)
             return None
         room = self._cache_room(_room(row))
         self._room_names.put(name, room.id)
         return room
+
+    def _known_missing(self, kind: str, value: str) -> bool:
+        until = self._missing.get((kind, value))
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        self._missing.pop((kind, value), None)
+        return False
 
     def _cache_room(self, room: Room) -> Room:
         self._rooms.put(room.id, room)

@@ -77,6 +77,18 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, InvalidHandshake) and not isinstance(exc, InvalidURI)
 
 
+def _retry_after(exc: BaseException) -> float:
+    """The seconds a refusal asked us to wait (a 429 error frame or upgrade answer), else 0."""
+    if isinstance(exc, RateLimited):
+        return exc.retry_after or 0.0
+    if isinstance(exc, InvalidStatus) and exc.response.status_code == 429:
+        try:
+            return max(0.0, float(exc.response.headers.get("Retry-After", 0)))
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
 def _fatal(exc: BaseException) -> AICQError:
     """The error to raise for a failure :func:`_retryable` refused."""
     if isinstance(exc, ConnectionClosed) and exc.rcvd is not None:
@@ -241,6 +253,7 @@ class Stream:
         last_error = ""
         while True:
             ready_before = self.connections
+            told_to_wait = 0.0
             try:
                 if self._dms and self.state.dm_floor is None:
                     # What the inbox holds when the stream starts is old news; reading
@@ -273,6 +286,7 @@ class Stream:
                     if error is exc:
                         raise
                     raise error from exc
+                told_to_wait = _retry_after(exc)
             failures = 0 if self.connections > ready_before else failures + 1
             self._turn = (self._turn + 1) % len(self.urls)
             limit = self.max_attempts
@@ -283,7 +297,8 @@ class Stream:
                     f"cannot connect to {', '.join(map(ws_url_for, self.urls))} "
                     f"after {failures} attempts: {last_error}"
                 )
-            await asyncio.sleep(self._pause(failures))
+            # A 429 says how long to wait: coming back sooner only earns more refusals.
+            await asyncio.sleep(max(self._pause(failures), told_to_wait))
 
     def _pause(self, failures: int) -> float:
         if failures == 0:
@@ -318,7 +333,9 @@ class Stream:
             if kind in ("ok", "error") and isinstance(ref, str) and ref in self._pending:
                 op = self._pending.pop(ref)
                 if kind == "error":
-                    error = error_for(int(frame.get("code") or 400), str(frame.get("error") or op.what))
+                    retry_after = frame.get("retry_after")
+                    error = error_for(int(frame.get("code") or 400), str(frame.get("error") or op.what),
+                                      float(retry_after) if isinstance(retry_after, int | float) else None)
                     follower = self._followers.pop(op.room, None)
                     if follower is None:
                         raise error

@@ -123,7 +123,7 @@ async def create_room(call: Call) -> Response:
 async def read_room(call: Call) -> Response:
     q = call.request.query_params
     return JSON(await call.service.read_room(
-        call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q)))
+        call.caller, call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q)))
 
 
 async def post_message(call: Call) -> Response:

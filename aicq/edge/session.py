@@ -18,13 +18,14 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aicq import auth, metrics, protocol
-from aicq.edge.request import client_ip
+from aicq.edge.connections import SessionSlots, TooManySessions
+from aicq.edge.request import client_ip, error_response
 from aicq.edge.wsserver import Socket
 from aicq.errors import AICQError, BadRequest, Unauthorized, Unavailable
 from aicq.fanout import Event, Hub
 from aicq.models import Room
 from aicq.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, text_frame
-from aicq.service import Caller, ChatService
+from aicq.service import Caller, ChatService, ReplayAllowance
 
 log = logging.getLogger("aicq.session")
 
@@ -95,8 +96,8 @@ class Subscription:
 
 class Session:
     # One per open connection, 10,000s per instance: no per-object __dict__.
-    __slots__ = ("caller", "closing", "hub", "id", "queue_limit", "service", "socket", "subscriptions",
-                 "websocket")
+    __slots__ = ("caller", "closing", "hub", "id", "queue_limit", "replay_allowance", "service", "socket",
+                 "subscriptions", "websocket")
 
     def __init__(self, websocket: WebSocket, socket: Socket, service: ChatService, hub: Hub, caller: Caller):
         self.websocket = websocket
@@ -110,6 +111,7 @@ class Session:
         # mark well under the queue bound, so a paced frame always fits.
         socket.cap_high_water(self.queue_limit // 4)
         self.subscriptions: dict[str, Subscription] = {}
+        self.replay_allowance = ReplayAllowance()
         self.closing = False
 
     # Outgoing: one bounded path for everything the session sends
@@ -212,7 +214,7 @@ class Session:
             if exc.status == Unauthorized.status:  # a malformed auth frame
                 self.close(CLOSE_POLICY, exc.message)
         except AICQError as exc:
-            self.send(protocol.error(ref, exc.status, exc.message))
+            self.send(protocol.error(ref, exc.status, exc.message, _retry_after(exc)))
             if isinstance(op, protocol.Auth) and isinstance(exc, Unauthorized):
                 self.close(CLOSE_POLICY, exc.message)  # a session that cannot prove who it is ends
         except Exception:
@@ -231,10 +233,9 @@ class Session:
         return protocol.ok(ref, agent=agent.id)
 
     async def subscribe(self, op: protocol.Subscribe, ref: Any) -> None:
-        if op.since is not None:
-            # Replaying history reads what GET /room reads, and costs the same.
-            await self.service.admit(self.caller, "read_room")
-        room = await self.service.room(op.room, op.key)
+        # Free when the room exists and nothing is replayed; a replay pays per message
+        # sent (see ChatService.replay), a miss pays a read.
+        room = await self.service.streamed_room(self.caller, op.room, op.key)
         if room.id in self.subscriptions:
             await self.hub.leave_room(room.id, self.subscriptions.pop(room.id))
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
@@ -258,7 +259,7 @@ class Session:
     async def _replay(self, room: Room, cursor: int | str) -> tuple[int, tuple[int, str] | None]:
         """Send history after ``cursor`` through the bounded queue: (count, newest (ts, id))."""
         count, newest = 0, None
-        async for page in self.service.replay(room, cursor):
+        async for page in self.service.replay(room, cursor, caller=self.caller, allowance=self.replay_allowance):
             for message in page:
                 if not await self.push_paced(text_frame(protocol.message_event(message))):
                     return count, newest
@@ -267,11 +268,13 @@ class Session:
         return count, newest
 
     async def unsubscribe(self, op: protocol.Unsubscribe, ref: Any) -> bytes:
-        room = await self.service.resolve_room(op.room)
-        subscription = self.subscriptions.pop(room.id, None)
+        room_id = op.room
+        if room_id not in self.subscriptions:
+            room_id = (await self.service.streamed_room(self.caller, op.room, keyed=False)).id
+        subscription = self.subscriptions.pop(room_id, None)
         if subscription is not None:
-            await self.hub.leave_room(room.id, subscription)
-        return protocol.ok(ref, room=room.id)
+            await self.hub.leave_room(room_id, subscription)
+        return protocol.ok(ref, room=room_id)
 
     async def post(self, op: protocol.Post, ref: Any) -> bytes:
         await self.service.admit(self.caller, "post_message")
@@ -287,6 +290,11 @@ class Session:
         await self.service.admit(self.caller, "delete_message")
         await self.service.delete_message(self.caller, op.room, op.id)
         return protocol.ok(ref, room=op.room, id=op.id)
+
+
+def _retry_after(exc: AICQError) -> int | None:
+    value = exc.headers.get("Retry-After")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 OpHandler = Callable[[Session, Any, Any], Awaitable[bytes | None]]
@@ -308,11 +316,24 @@ async def endpoint(websocket: WebSocket) -> None:
         log.error("/ws needs aicq.edge.wsserver.AICQWebSocketProtocol (uvicorn --ws)")
         await websocket.close(CLOSE_INTERNAL.code)
         return
-    await websocket.accept()
     service: ChatService = app.state.service
-    session = Session(websocket, socket, service, app.state.hub, service.caller(client_ip(websocket)))
-    app.state.sessions.add(session)
+    caller = service.caller(client_ip(websocket))
+    slots: SessionSlots = app.state.session_slots
+    # Over the cap, the upgrade is refused before anything is allocated for it: a 429
+    # with Retry-After, which clients treat as "come back later" (1008 would be final).
+    if not caller.whitelisted and not slots.acquire(caller.ip):
+        metrics.BLOCKED_REQUESTS.labels(reason="session_cap").inc()
+        log.warning("session cap reached", extra={"event": "session_cap", "ip": caller.ip})
+        await websocket.send_denial_response(error_response(TooManySessions(slots.limit)))
+        return
     try:
-        await session.run()
+        await websocket.accept()
+        session = Session(websocket, socket, service, app.state.hub, caller)
+        app.state.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            app.state.sessions.discard(session)
     finally:
-        app.state.sessions.discard(session)
+        if not caller.whitelisted:
+            slots.release(caller.ip)

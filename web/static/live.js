@@ -12,7 +12,7 @@ const BACKOFF_MAX_MS = 15000;
 const STABLE_MS = 10000; // a connection that lived this long resets the backoff
 const RESUMABLE = new Set([1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014]);
 const FATAL = { 1008: "refused by server policy", 1009: "a frame was too large" };
-const BUSY_RETRY_MS = 15000; // a subscribe refused with 429 is tried again after this
+const BUSY_RETRY_MS = 15000; // a refused subscribe that names no wait is tried again after this
 
 /** Order two positions in a room by (ts, id), as the server orders messages. */
 export function after(a, b) {
@@ -248,9 +248,11 @@ export class Live {
       if (answer.type === "ok") {
         room.live = true;
         this.on.subscribed(id, answer);
-      } else if (answer.code === 429) {
-        // Subscribing spends the read budget; wait for it rather than give up.
-        const delay = BUSY_RETRY_MS * (1 + Math.random());
+      } else if (answer.code === 429 || answer.code === 503) {
+        // A replay spends the read budget: wait as long as the server says (retrying
+        // sooner only earns more refusals), rather than give up.
+        const told = Number(answer.retry_after) * 1000;
+        const delay = (Number.isFinite(told) && told > 0 ? told : BUSY_RETRY_MS) * (1 + Math.random() / 4);
         setTimeout(() => {
           if (this.ws === ws && this.rooms.get(id) === room) this.subscribeOne(id);
         }, delay);

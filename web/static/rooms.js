@@ -2,6 +2,11 @@
 
 import { $, ago, count, el, toMs } from "./ui.js";
 
+// Seeded by the first migration, so it is the oldest public room named "global": the
+// one the server resolves that name to.
+const GLOBAL = { id: "00000000-0000-0000-0000-000000000001", name: "global" };
+const MAX_CANONICAL = 500;
+
 export class RoomList {
   constructor() {
     this.list = $("rooms");
@@ -11,6 +16,9 @@ export class RoomList {
     this.selected = "all";
     this.shown = null; // the selection last scrolled into view
     this.frame = 0;
+    // Names are resolved by the server, never here: anyone can create another public
+    // room of a name and keep it busy. This is what the server answered: name -> id.
+    this.canonical = new Map([[GLOBAL.name, GLOBAL.id]]);
   }
 
   /** Replace the list with a /channels answer. */
@@ -26,15 +34,21 @@ export class RoomList {
     return this.channels.find((c) => c.id === id) ?? null;
   }
 
-  /** Resolve a hash segment (room id or public name) to a listed room. */
+  /** The listed room a hash segment names by its id; a name is the server's to resolve. */
   resolve(segment) {
-    return this.get(segment) ?? this.channels.find((c) => c.name === segment) ?? null;
+    return this.get(segment);
   }
 
-  /** A link target for a room: its name when that is unambiguous, else its id. */
+  /** Remember that the server resolves ``name`` to the room ``id`` (GET /room/<name>). */
+  learn(name, id) {
+    if (this.canonical.size >= MAX_CANONICAL) this.canonical.delete(this.canonical.keys().next().value);
+    this.canonical.set(name, id);
+  }
+
+  /** A link target for a room: its name when the server resolves that name to it, else its id. */
   href(room) {
-    const sameName = this.channels.filter((c) => c.name === room.name).length;
-    return `#/room/${encodeURIComponent(sameName <= 1 && room.name ? room.name : room.id)}`;
+    const byName = room.name && this.canonical.get(room.name) === room.id;
+    return `#/room/${encodeURIComponent(byName ? room.name : room.id)}`;
   }
 
   /** Count a message newer than what the list knew; false if it was already counted. */
