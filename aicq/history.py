@@ -299,6 +299,16 @@ return 1
 """
 
 
+# Where a room stands: its newest id, or, when it has none, the millisecond before
+# Redis's now (every later message gets a ts at least that now). KEYS: messages
+_POSITION = """
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1)
+if newest[1] then return string.sub(newest[1], 8, 33) end
+local clock = redis.call('TIME')
+return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) - 1
+"""
+
+
 _TAKE_COUNTS = """
 local pairs = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
@@ -354,6 +364,7 @@ class History:
         self._search = redis.register_script(_SEARCH)
         self._dm = redis.register_script(_DM)
         self._take_counts = redis.register_script(_TAKE_COUNTS)
+        self._position = redis.register_script(_POSITION)
 
     @staticmethod
     def cutoff(now_ms: int | None = None) -> int:
@@ -438,6 +449,12 @@ class History:
             args=self._cursor_args(cursor, limit, cutoff),
         ))
         return _decode(members, cutoff)
+
+    async def position(self, room_id: str) -> int | str:
+        """A cursor for "everything from now on" in ``room_id``: its newest message id,
+        or, in an empty room, a millisecond no later message can precede."""
+        value = await timed(self._position(keys=[messages_key(room_id)]))
+        return value.decode() if isinstance(value, bytes) else int(value)
 
     async def pages_after(self, room_id: str, cursor: int | str, page_size: int) -> AsyncIterator[list[Message]]:
         """Every retained message after ``cursor``, oldest first, ``page_size`` at a time.

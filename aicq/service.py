@@ -357,6 +357,10 @@ class ChatService:
 
     # Realtime reads (transports call these; the hub delivers live events)
 
+    async def position(self, room: Room) -> int | str:
+        """The cursor a live-only subscription starts at (see History.position)."""
+        return await self.history.position(room.id)
+
     def recovered(self, cursor: int | str) -> bool:
         """False when ``cursor`` is older than what history still holds: messages
         after it may have expired unseen."""

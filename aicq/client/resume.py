@@ -61,6 +61,9 @@ class ResumeState:
         self.room_names: dict[str, str] = {}  # id -> name
         self._since_by_request = dict(since or {})
         self._cursor: dict[str, tuple[int, str]] = {}  # room id -> (ts, id) newest seen
+        # room id -> where the server said a subscription stood (a message id, or unix
+        # ms in an empty room): the resume point while no message has been seen.
+        self._subscribed_at: dict[str, str] = {}
         self._seen: dict[str, RecentIds] = {}
         self.dm_seen = RecentIds()
         self.dm_floor: tuple[int, str] | None = None  # DMs at or before this predate the stream
@@ -88,7 +91,7 @@ class ResumeState:
         room_id = self.room_ids.get(room, room)
         if room_id in self._cursor:
             return self._cursor[room_id][1]
-        return self._since_by_request.get(room)
+        return self._subscribed_at.get(room_id) or self._since_by_request.get(room)
 
     def subscribe_op(self, room: str, ref: str) -> dict[str, Any]:
         """The ``subscribe`` frame for ``room`` (by id once known), resuming where we are."""
@@ -110,6 +113,9 @@ class ResumeState:
             self.room_names[room_id] = str(info.get("name", room_id))
             if room in self._keys:
                 self._keys.setdefault(room_id, self._keys[room])
+            cursor = ok.get("cursor")
+            if isinstance(cursor, str | int) and not isinstance(cursor, bool):
+                self._subscribed_at[room_id] = str(cursor)
         if resumed and ok.get("recovered") is False:
             return Gap(self.room_ids.get(room, room))
         return None

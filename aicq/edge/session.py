@@ -246,14 +246,21 @@ class Session:
             # Listen first, then read history: whatever is published meanwhile waits in
             # `held` and goes out after the replay, minus what the replay already sent.
             await self.hub.join_room(room.id, subscription)
-            replayed, newest = await self._replay(room, op.since) if op.since is not None else (0, None)
+            if op.since is None:
+                replayed, newest = 0, None
+                cursor = await self.service.position(room)
+            else:
+                replayed, newest = await self._replay(room, op.since)
+                cursor = newest[1] if newest else op.since
         except BaseException:
             self.subscriptions.pop(room.id, None)
             await self.hub.leave_room(room.id, subscription)
             raise
         recovered = op.since is None or self.service.recovered(op.since)
+        # `cursor`: what to resume with when nothing newer arrives, so a client that
+        # saw no message in a quiet room still misses nothing across a reconnect.
         self.send(protocol.ok(ref, room={"id": room.id, "name": room.name},
-                              replayed=replayed, recovered=recovered))
+                              replayed=replayed, recovered=recovered, cursor=cursor))
         subscription.go_live(newest)
 
     async def _replay(self, room: Room, cursor: int | str) -> tuple[int, tuple[int, str] | None]:
