@@ -32,10 +32,8 @@ def with_stores(settings: Settings, embedded: EmbeddedStores) -> Settings:
         silence_platformdirs_warning()
     if not database_url:
         database_url = embedded.start_postgres()
-        print(f"aicq: embedded PostgreSQL data in {settings.data_dir.resolve() / 'postgres'}", flush=True)
     if not redis_url:
         redis_url = embedded.start_redis()
-        print(f"aicq: embedded Redis data in {settings.data_dir.resolve() / 'redis'}", flush=True)
     return dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
 
 
@@ -78,3 +76,4 @@ def run() -> None:
         uvicorn.Server(config).run()
     finally:
         embedded.stop()
+        log.info("AICQ stopped")
