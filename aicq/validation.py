@@ -21,9 +21,9 @@ MAX_NAME_CHARS = 100
 MIN_ROOM_KEY_CHARS = 16
 MAX_ROOM_KEY_BYTES = 72  # bcrypt's input limit; the Go server hashed keys with bcrypt too
 
-_ROOM_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,50}$")
+_ROOM_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,50}\Z")  # \Z: "$" would also take a trailing "\n"
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
-_ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+_ULID = re.compile(r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}\Z")  # ASCII before any upper()
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _TOKEN = re.compile(r"[a-z0-9]+")
 _INTEGER = re.compile(r"^-?[0-9]{1,100}$")  # ranges are checked after parsing
@@ -55,7 +55,7 @@ def is_uuid(value: str) -> bool:
 
 
 def is_ulid(value: Any) -> bool:
-    return isinstance(value, str) and bool(_ULID.match(value.upper()))
+    return isinstance(value, str) and bool(_ULID.match(value))
 
 
 def ulid_ms(value: str) -> int:
