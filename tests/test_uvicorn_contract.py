@@ -54,7 +54,6 @@ TRANSPORT_METHODS = ("write", "is_closing", "get_write_buffer_size", "abort", "c
 class Accepted:
     """One accepted connection, as the app saw it (read from the test's thread)."""
 
-    scope: dict[str, Any]
     socket: Socket
     disconnect: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)  # what receive() ended with
     reports: queue.Queue[Any] = field(default_factory=queue.Queue)  # results of commands
@@ -93,7 +92,7 @@ def command_app(accepted: queue.Queue[Accepted | AssertionError]) -> Callable[..
             accepted.put(AssertionError("no aicq.socket in the scope: uvicorn no longer calls "
                                         "handle_connect with self.scope built before the app runs"))
             return
-        connection = Accepted(scope, socket)
+        connection = Accepted(socket)
         accepted.put(connection)
         while True:
             event = await receive()
