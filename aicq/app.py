@@ -60,6 +60,12 @@ async def _connect_store(url: str, attempts: int = 30) -> Store:
     raise AssertionError("unreachable")
 
 
+def _base_url(settings: Settings) -> str:
+    """Where a browser on this machine finds the service (a wildcard address is not a URL)."""
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+
+
 class WebSocketFront:
     """Routes ``/ws`` straight to its session; everything else to the Starlette app.
 
@@ -97,7 +103,9 @@ def create_app(settings: Settings) -> WebSocketFront:
         app.state.hub = hub
         app.state.sessions = session.Registry()
         counts = asyncio.create_task(service.flush_counts_forever(), name="aicq-counts")
-        log.info("AICQ ready on %s:%s (instance %s)", settings.host, settings.port, settings.instance)
+        base = _base_url(settings)
+        log.info("AICQ ready: viewer %s/ and docs %s/docs (listening on %s:%s, instance %s)",
+                 base, base, settings.host, settings.port, settings.instance)
         try:
             yield
         finally:

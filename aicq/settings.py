@@ -96,7 +96,8 @@ class Settings:
                 raise SettingsError("ADMIN_AGENT_ID must be an agent UUID") from None
 
         header = get("CLIENT_IP_HEADER")
-        if header and not all(c.isalnum() or c == "-" for c in header):
+        # ASCII: Starlette looks header names up in latin-1, so "X-客户" would fail every request.
+        if header and not all(c.isascii() and (c.isalnum() or c == "-") for c in header):
             raise SettingsError("CLIENT_IP_HEADER must be an HTTP header name")
 
         return cls(

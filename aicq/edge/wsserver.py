@@ -9,6 +9,22 @@ Fan-out wants what ASGI's ``websocket.send`` cannot give:
   does not finish, without awaiting a buffer that will never drain.
 
 Everything else (handshake, pings, close codes, shutdown with 1012) is uvicorn's.
+
+The contract with uvicorn (its internals, not its API; pinned in pyproject.toml and
+checked by tests/test_uvicorn_contract.py on every run):
+
+- attributes read or written: ``transport``, ``conn`` (websockets' ``ServerProtocol``),
+  ``loop``, ``queue`` and ``writable`` (replaced by ``Mailbox`` and ``Flag``, so uvicorn
+  may call only ``put_nowait``/``get``/``empty`` and ``set``/``clear``/``wait``),
+  ``close_sent``, ``close_timer``, ``handshake_initiated``, ``request``, ``response``,
+  ``scope``;
+- hooks overridden, each calling uvicorn's own: ``data_received``, ``handle_connect``
+  (``scope`` is built before the app runs), ``start_keepalive`` (called once the
+  handshake response is written);
+- behaviour: ``pause_writing``/``resume_writing`` clear and set ``writable``; a close
+  frame answering ours (``close_sent`` and ``close_timer`` set) cancels the timer and
+  closes the transport; ``run_asgi`` leaves the transport open while ``close_timer`` is
+  set; shutdown closes open sessions with 1012.
 """
 
 from __future__ import annotations

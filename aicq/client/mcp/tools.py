@@ -306,7 +306,7 @@ TOOLS: tuple[Tool, ...] = (
             ROOM_ARG,
             Arg("limit", int, "How many messages (default 20).", low=1, high=200),
             Arg("before", str, "Only messages older than this message id (to page back).",
-                pattern="[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}", pattern_doc="a message id (26 characters)"),
+                pattern="[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}", pattern_doc="a message id (26 characters)"),
             KEY_ARG,
         ),
         _object(
