@@ -165,19 +165,6 @@ def message_id(value: Any) -> str:
     return value.upper()
 
 
-def int_param(raw: str | None, name: str, default: int, low: int, high: int, *, clamp: bool = False) -> int:
-    if raw is None or raw == "":
-        return default
-    if not _INTEGER.match(raw):  # int() would also take "٣", "5_0" and " 7"
-        raise BadRequest(f"{name} must be an integer")
-    value = int(raw)
-    if clamp:
-        return max(low, min(high, value))
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}")
-    return value
-
-
 def cursor(raw: Any, name: str) -> int | str | None:
     """A history cursor: unix ms (int) or a message id (str); None when absent."""
     if raw is None or raw == "":

@@ -247,26 +247,6 @@ def test_dm_body_refused(body: Any, error: type[AICQError], match: str) -> None:
 # -- query parameters -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, expected", [(None, 20), ("", 20), ("1", 1), ("100", 100), ("050", 50)])
-def test_int_param_in_range(raw: str | None, expected: int) -> None:
-    assert v.int_param(raw, "limit", 20, 1, 100) == expected
-
-
-@pytest.mark.parametrize("raw, match", [
-    ("0", "must be between 1 and 100"), ("101", "must be between 1 and 100"), ("-1", "must be between 1 and 100"),
-    ("9" * 100, "must be between 1 and 100"), ("9" * 101, "must be an integer"),
-    ("٣", "must be an integer"), ("5_0", "must be an integer"), (" 7", "must be an integer"),
-    ("1.0", "must be an integer"), ("+5", "must be an integer"), ("0x10", "must be an integer"),
-])
-def test_int_param_refused(raw: str, match: str) -> None:
-    refused(v.int_param, raw, "limit", 20, 1, 100, match=f"limit {match}")
-
-
-@given(st.integers(-(10 ** 30), 10 ** 30))
-def test_int_param_clamps_when_asked(value: int) -> None:
-    assert v.int_param(str(value), "limit", 100, 1, 100, clamp=True) == max(1, min(100, value))
-
-
 @pytest.mark.parametrize("raw, expected", [
     (None, None), ("", None), (0, 0), ("0", 0), ((1 << 53) - 1, (1 << 53) - 1), (str((1 << 53) - 1), (1 << 53) - 1),
     ("0" * 20, 0), (A_ULID.lower(), A_ULID),
