@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aicq import auth, metrics, protocol, validation
+from aicq import auth, metrics, protocol, rediskit, validation
 from aicq.errors import AICQError, BadRequest, Unauthorized, Unavailable
 from aicq.fanout import Event, Hub
 from aicq.routes import client_ip
@@ -125,10 +125,14 @@ class Session:
 
     async def run(self) -> None:
         try:
-            await self.service.ensure_not_blocked(self.caller)
-            creds = auth.from_headers(self.websocket.headers)
-            if creds is not None:
-                await self.service.authenticate(self.caller, creds, b"")
+            with rediskit.budget():
+                await self.service.ensure_not_blocked(self.caller)
+                creds = auth.from_headers(self.websocket.headers)
+                if creds is not None:
+                    await self.service.authenticate(self.caller, creds, b"")
+        except Unavailable as exc:  # a store is away: come back and try again
+            self.socket.close(CLOSE_TOO_SLOW, exc.message[:120])
+            return
         except AICQError as exc:
             self.socket.close(CLOSE_POLICY, exc.message[:120])
             return
@@ -175,7 +179,8 @@ class Session:
             op = protocol.parse(text)
             ref = op.ref
             handler = getattr(self, f"op_{op.name}")
-            answer = await handler(op.args, ref)
+            with rediskit.budget():  # an op, like a request, never hangs on Redis
+                answer = await handler(op.args, ref)
             if answer is not None:
                 self.send(answer)
         except protocol.FrameError as exc:
