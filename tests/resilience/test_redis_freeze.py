@@ -39,7 +39,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.helpers import ServerProcess, new_agent, random_ip
+from tests.helpers import RedisProcess, ServerProcess, new_agent, random_ip
 from tests.outages import EmbeddedRedis, Outage, Target, Way, away
 from tests.resilience.harness import (
     Figures,
@@ -125,18 +125,17 @@ LIMITED = {"RATE_LIMIT_WHITELIST": WHITELIST, "CLIENT_IP_HEADER": IP_HEADER}
 async def freeze(request: pytest.FixtureRequest, start_server, tmp_path_factory: pytest.TempPathFactory,
                  figures_log: list[str]) -> RedisFreeze:
     servers: list[ServerProcess] = []
+    redis: RedisProcess | EmbeddedRedis
     try:
         if request.param == "external":
-            redis: Target = request.getfixturevalue("private_redis")
-            url = redis.url  # type: ignore[attr-defined]
-            servers.append(start_server(REDIS_URL=url, **LIMITED))
+            redis = request.getfixturevalue("private_redis")
+            servers.append(start_server(REDIS_URL=redis.url, **LIMITED))
         else:  # the first instance starts the embedded Redis; the second shares it
             data_dir: Path = tmp_path_factory.mktemp("embedded")
             servers.append(start_server(REDIS_URL="", DATA_DIR=str(data_dir), **LIMITED))
             redis = EmbeddedRedis(data_dir)
-            url = redis.url
             assert redis.pids(), "the embedded redis-server is not running"
-        servers.append(start_server(REDIS_URL=url, **LIMITED))
+        servers.append(start_server(REDIS_URL=redis.url, **LIMITED))
         print(f"server logs: {[str(s.log_path) for s in servers]}")
         run = await play(_run(request.param, servers, redis), SCENARIO_TIMEOUT_S)
     finally:
