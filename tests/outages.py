@@ -9,7 +9,7 @@ stops and starts cleanly. An ``Outage`` takes one away in one ``Way``:
 - ``frozen``: SIGSTOP: connections stay open, the kernel still accepts new ones,
   and nothing answers (a hang, a failover, a partition); SIGCONT brings it back.
 
-Every target is thawed before it is stopped, so a scenario that fails mid-freeze
+A store is thawed before it is stopped, so a scenario that fails mid-freeze
 still tears down.
 """
 
