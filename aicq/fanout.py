@@ -105,6 +105,7 @@ class Hub:
         self._held: dict[str, list[tuple[float | None, Event]]] | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._liveness = rediskit.Liveness()
 
     async def start(self) -> None:
         self._redis = rediskit.connect(self._url)
@@ -158,7 +159,7 @@ class Hub:
                     raise Unavailable("live delivery unavailable") from exc
         if waiting is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(waiting), CONFIRM_TIMEOUT_S)
+                await rediskit.within_budget(asyncio.shield(waiting), CONFIRM_TIMEOUT_S)
             except TimeoutError:
                 await self._leave(channel, listener)
                 raise Unavailable("live delivery unavailable") from None
@@ -192,7 +193,10 @@ class Hub:
             try:
                 assert self._pubsub is not None
                 message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                if message is None and self._listeners:
+                    await self._liveness.check(self._pubsub)  # a hung Redis is a lost one
                 if message is not None:
+                    self._liveness.heard()
                     batch = [message]
                     # Whatever else already arrived goes out with it: under load a
                     # session then gets several frames in one write (one TCP segment
@@ -295,6 +299,7 @@ class Hub:
                 await _close_quietly(pubsub)
                 return None
             old, self._pubsub = self._pubsub, pubsub
+            self._liveness.heard()
             await _close_quietly(old)
             for waiting in self._confirmations.values():
                 if not waiting.done():

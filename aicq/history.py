@@ -11,8 +11,11 @@ Keys keep the Go server's names and member format (SPEC §9):
   the append script counts each message here, atomically with storing it, and every
   instance moves the counts to PostgreSQL once a second; ``db`` is a digest of
   DATABASE_URL, so stores sharing one Redis keep theirs apart)
-- ``append:done:{token}`` the id and ts an append gave, for 2 minutes (ours): redis-py
-  retries a command whose connection broke, and a retried append must not store twice
+- ``append:done:{token}``, ``delete:done:{token}``, ``counts:done:{token}``,
+  ``counts:taken:{token}`` what a write did, for 2 minutes (ours): a command whose
+  connection broke is retried once (``rediskit``), and a retried write must answer as
+  the first did instead of acting twice. A nonce key holds its claim's token for the same
+  reason.
 
 Every multi-step write (history + index + trim + search + publish) is one Lua
 script, so no reader sees half a message and no subscriber misses a stored one.
@@ -34,6 +37,7 @@ import orjson
 import redis.asyncio as aioredis
 from ulid import ULID
 
+from aicq import rediskit
 from aicq.models import DirectMessage, Message, spliced
 from aicq.rediskit import timed
 from aicq.validation import is_ulid, ulid_ms
@@ -196,14 +200,17 @@ _FIND = _LOCATE + """
 return locate(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 """
 
-# KEYS: messages, index, recent, word keys...   ARGV: member, id, room_id, channel, publication
+# KEYS: messages, index, recent, done, word keys...
+# ARGV: member, id, room_id, channel, publication, ttl_s
 _DELETE = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 1 end  -- a retry of a delete that ran
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('LREM', KEYS[3], 0, ARGV[1])
 local ref = ARGV[3] .. ':' .. ARGV[2]
-for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ref) end
+for i = 5, #KEYS do redis.call('ZREM', KEYS[i], ref) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('SET', KEYS[4], '1', 'EX', ARGV[6])
 return 1
 """
 
@@ -309,10 +316,31 @@ return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) - 1
 """
 
 
+# KEYS: parked, done   ARGV: room_id, delta, ttl_s
+_PARK_COUNT = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# Moves the parked changes aside under the caller's token, so a retry gets them again.
+# KEYS: parked, taken   ARGV: ttl_s
 _TAKE_COUNTS = """
-local pairs = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1])
-return pairs
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+return redis.call('HGETALL', KEYS[2])
+"""
+
+# SET NX, but a retry of the same claim (same token) is told it won.
+# KEYS: nonce   ARGV: token, ttl_s
+_CLAIM_NONCE = """
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder == ARGV[1] and 1 or 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
 """
 
 
@@ -363,8 +391,10 @@ class History:
         self._after = redis.register_script(_AFTER)
         self._search = redis.register_script(_SEARCH)
         self._dm = redis.register_script(_DM)
+        self._park_count = redis.register_script(_PARK_COUNT)
         self._take_counts = redis.register_script(_TAKE_COUNTS)
         self._position = redis.register_script(_POSITION)
+        self._claim_nonce = redis.register_script(_CLAIM_NONCE)
 
     @staticmethod
     def cutoff(now_ms: int | None = None) -> int:
@@ -413,8 +443,9 @@ class History:
         found = _decode([member], self.cutoff())
         if not found:
             return None
-        keys = [messages_key(room_id), index_key(room_id), RECENT_KEY] + [word_key(w) for w in words]
-        args = [member, found[0].id, room_id, room_channel(room_id), publication(frame)]
+        keys = [messages_key(room_id), index_key(room_id), RECENT_KEY, f"delete:done:{rediskit.token()}"]
+        keys += [word_key(w) for w in words]
+        args = [member, found[0].id, room_id, room_channel(room_id), publication(frame), rediskit.TOKEN_TTL_S]
         removed = await timed(self._delete(keys=keys, args=args))
         return found[0] if removed else None
 
@@ -525,17 +556,26 @@ class History:
 
     async def park_count(self, database: str, room_id: str, delta: int) -> None:
         """Keep a message_count change for ``database`` until it is moved there."""
-        await timed(self.redis.hincrby(_parked_key(database), room_id, delta))
+        await timed(self._park_count(
+            keys=[_parked_key(database), f"counts:done:{rediskit.token()}"],
+            args=[room_id, delta, rediskit.TOKEN_TTL_S],
+        ))
 
     async def take_parked_counts(self, database: str) -> dict[str, int]:
         """Every change parked for ``database``, removed atomically (so two instances
         never apply one twice)."""
-        pairs = await timed(self._take_counts(keys=[_parked_key(database)]))
+        pairs = await timed(self._take_counts(
+            keys=[_parked_key(database), f"counts:taken:{rediskit.token()}"],
+            args=[rediskit.TOKEN_TTL_S],
+        ))
         return {pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
     async def claim_nonce(self, agent_id: str, nonce: str) -> bool:
-        """Record a nonce as used; False when it already was (atomic: SET NX)."""
-        return bool(await timed(self.redis.set(f"nonce:{agent_id}:{nonce}", b"1", nx=True, ex=NONCE_TTL_S)))
+        """Record a nonce as used; False when it already was (atomic, and a retried claim
+        is not mistaken for a replay)."""
+        claimed = await timed(self._claim_nonce(keys=[f"nonce:{agent_id}:{nonce}"],
+                                                args=[rediskit.token(), NONCE_TTL_S]))
+        return bool(claimed)
 
     async def ping(self) -> None:
         await timed(self.redis.ping())

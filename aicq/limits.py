@@ -9,6 +9,10 @@ Violations count abuse, not retries: a refusal is a violation only each time a
 client's refused requests of one budget reach a whole budget's worth within a minute
 (see ``violation_step``). A client that overshoots and then waits out Retry-After
 never earns one; one that keeps asking for ten budgets more than it may is blocked.
+
+Every count is made once, even when its command is retried after a lost reply
+(``rediskit``): a request's log entry is a token chosen here, which a retry finds
+already logged; a violation is counted under a token of its own.
 """
 
 from __future__ import annotations
@@ -16,12 +20,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from aicq import metrics
+from aicq import metrics, rediskit
 from aicq.errors import Blocked, RateLimited
 from aicq.rediskit import timed
 
@@ -73,27 +76,28 @@ class Quota:
         }
 
 
-# KEYS: window   ARGV: now_ms, window_ms, limit, member
+# KEYS: window   ARGV: now_ms, window_ms, limit, member (the request's token)
 # → {admitted (0/1), count after, oldest score in window}
 _WINDOW = """
 local key, now, window, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local count = redis.call('ZCARD', key)
 local admitted = 0
-if count < limit then
+if redis.call('ZSCORE', key, ARGV[4]) then
+  admitted = 1  -- logged by an attempt whose reply was lost
+elseif redis.call('ZCARD', key) < limit then
   redis.call('ZADD', key, now, ARGV[4])
   redis.call('PEXPIRE', key, window * 2)
-  count = count + 1
   admitted = 1
 end
 local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-return {admitted, count, tonumber(oldest[2] or now)}
+return {admitted, redis.call('ZCARD', key), tonumber(oldest[2] or now)}
 """
 
-# KEYS: msgbytes   ARGV: now_ms, window_ms, budget, member ("<uuid>:<bytes>"), bytes
+# KEYS: msgbytes   ARGV: now_ms, window_ms, budget, member ("<token>:<bytes>"), bytes
 _BYTES = """
 local key, now, window = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+if redis.call('ZSCORE', key, ARGV[4]) then return {1, now} end  -- spent by a lost attempt
 local used = 0
 for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
   used = used + tonumber(string.match(m, ':(%d+)$') or 0)
@@ -107,8 +111,11 @@ redis.call('PEXPIRE', key, window * 2)
 return {1, now}
 """
 
-# KEYS: violations, blocked   ARGV: window_s, threshold, block_s, auto_block (0/1)
+# KEYS: violations, blocked, done   ARGV: window_s, threshold, block_s, auto_block (0/1), ttl_s
 _VIOLATION = """
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then
+  return {tonumber(redis.call('GET', KEYS[1]) or '0'), 0}  -- counted by a lost attempt
+end
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 if ARGV[4] == '1' and count >= tonumber(ARGV[2]) and redis.call('EXISTS', KEYS[2]) == 0 then
@@ -157,7 +164,7 @@ class Limiter:
         now = int(time.time() * 1000)
         window_ms = limit.window_s * 1000
         admitted, count, oldest = await timed(
-            self._window(keys=[key], args=[now, window_ms, limit.requests, uuid.uuid4().hex])
+            self._window(keys=[key], args=[now, window_ms, limit.requests, rediskit.token()])
         )
         reset_ms = int(oldest) + window_ms
         quota = Quota(limit.requests, max(0, limit.requests - int(count)), math.ceil(reset_ms / 1000))
@@ -170,7 +177,7 @@ class Limiter:
         now = int(time.time() * 1000)
         admitted, oldest = await timed(self._bytes(
             keys=[f"msgbytes:{agent_id}"],
-            args=[now, BYTE_WINDOW_MS, BYTE_BUDGET, f"{uuid.uuid4().hex}:{size}", size],
+            args=[now, BYTE_WINDOW_MS, BYTE_BUDGET, f"{rediskit.token()}:{size}", size],
         ))
         if not admitted:
             reset_ms = int(oldest) + BYTE_WINDOW_MS
@@ -185,8 +192,9 @@ class Limiter:
         )
         if await self.is_violation(endpoint, ip):
             count, blocked = await timed(self._violation(
-                keys=[f"violations:ip:{ip}", f"blocked:ip:{ip}"],
-                args=[VIOLATION_WINDOW_S, VIOLATIONS_TO_BLOCK, BLOCK_S, "1" if self.auto_block else "0"],
+                keys=[f"violations:ip:{ip}", f"blocked:ip:{ip}", f"violations:done:{rediskit.token()}"],
+                args=[VIOLATION_WINDOW_S, VIOLATIONS_TO_BLOCK, BLOCK_S, "1" if self.auto_block else "0",
+                      rediskit.TOKEN_TTL_S],
             ))
             if blocked:
                 log.warning(

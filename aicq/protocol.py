@@ -36,7 +36,7 @@ class CloseCode:
 
 CLOSE_RESTART = CloseCode(1012, "service restart: the instance is shutting down", True)
 CLOSE_TRY_AGAIN = CloseCode(
-    1013, "try again later: the session fell behind its queue, or live delivery is unavailable", True)
+    1013, "try again later: the session fell behind its queue, or a store is briefly unavailable", True)
 CLOSE_POLICY = CloseCode(1008, "policy violation: authentication failed, or the IP is blocked", False)
 CLOSE_TOO_BIG = CloseCode(1009, f"frame too big (over {MAX_FRAME_BYTES // 1024} KB)", False)
 CLOSE_BAD_DATA = CloseCode(1007, "invalid UTF-8 in a text frame", False)

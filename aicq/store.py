@@ -63,11 +63,16 @@ class Store:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def _run(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _run(self, query: Callable[[asyncpg.Connection], Awaitable[T]], *, idempotent: bool = True) -> T:
         """Run one query, timing it; a lost database becomes a clean 503.
 
-        After PostgreSQL restarts, each pooled connection is dead until used once; a
-        query that meets one is retried once on a fresh connection.
+        After PostgreSQL restarts, each pooled connection is dead until used once, and a
+        query that meets one is retried once on a fresh connection. But asyncpg reports
+        that ("connection was closed in the middle of operation") exactly as it reports
+        a session the server ended mid-statement (a terminated backend, a fast
+        shutdown), after which the statement may have committed. So only a query that
+        may run twice is retried; a write that must not (``idempotent=False``) is an
+        outage like the others.
         """
         started = time.perf_counter()
         try:
@@ -76,11 +81,16 @@ class Store:
                     async with self.pool.acquire(timeout=3) as conn:
                         return await query(conn)
                 except asyncpg.ConnectionDoesNotExistError:
-                    if attempt == 2:
+                    if attempt == 2 or not idempotent:
                         raise
             raise AssertionError("unreachable")
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                asyncpg.InterfaceError, TimeoutError) as exc:
+        except asyncpg.QueryCanceledError:
+            raise  # a cancelled statement: the server is still there
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.OperatorInterventionError) as exc:
+            # OperatorInterventionError (class 57) is "the server went away": 57P01 admin
+            # shutdown (pg_ctl stop -m fast, pg_terminate_backend), 57P02 crash shutdown,
+            # 57P03 cannot connect now, 57P04 database dropped, 57P05 idle-session timeout.
             raise Unavailable("database unavailable") from exc
         finally:
             metrics.POSTGRES_LATENCY.observe(time.perf_counter() - started)
@@ -146,7 +156,8 @@ class Store:
                 f"INSERT INTO rooms (name, is_private, key_hash, created_by) "
                 f"VALUES ($1, $2, $3, $4::uuid) RETURNING {_ROOM_COLUMNS}",
                 name, is_private, key_hash, created_by,
-            )
+            ),
+            idempotent=False,  # a second run would make a second room
         )
         self._missing.pop(("name", name), None)
         return self._cache_room(_room(row))
@@ -220,7 +231,7 @@ class Store:
             "last_active_at = CASE WHEN v.delta > 0 THEN now() ELSE rooms.last_active_at END "
             "FROM unnest($1::uuid[], $2::bigint[]) AS v(id, delta) WHERE rooms.id = v.id",
             rooms, deltas,
-        ))
+        ), idempotent=False)
 
     async def stats(self) -> dict[str, Any]:
         async def query(c: asyncpg.Connection) -> dict[str, Any]:

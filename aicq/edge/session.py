@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aicq import auth, metrics, protocol
+from aicq import auth, metrics, protocol, rediskit
 from aicq.edge.connections import SessionSlots, TooManySessions
 from aicq.edge.request import client_ip, error_response
 from aicq.edge.wsserver import Socket
@@ -157,10 +157,14 @@ class Session:
 
     async def run(self) -> None:
         try:
-            await self.service.ensure_not_blocked(self.caller)
-            creds = auth.from_headers(self.websocket.headers)
-            if creds is not None:
-                self.caller = self.caller.signed_in(await self.service.authenticate(creds, b""))
+            with rediskit.budget():
+                await self.service.ensure_not_blocked(self.caller)
+                creds = auth.from_headers(self.websocket.headers)
+                if creds is not None:
+                    self.caller = self.caller.signed_in(await self.service.authenticate(creds, b""))
+        except Unavailable as exc:  # a store is away: come back and try again
+            self.close(CLOSE_TRY_AGAIN, exc.message)
+            return
         except AICQError as exc:
             self.close(CLOSE_POLICY, exc.message)
             return
@@ -206,7 +210,8 @@ class Session:
         try:
             request = protocol.parse(text)
             ref, op = request.ref, request.op
-            answer = await OPS[type(op)](self, op, ref)
+            with rediskit.budget():  # an op, like a request, never hangs on Redis
+                answer = await OPS[type(op)](self, op, ref)
             if answer is not None:
                 self.send(answer)
         except protocol.FrameError as exc:
