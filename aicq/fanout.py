@@ -25,7 +25,7 @@ from aicq import metrics, protocol, rediskit
 from aicq.errors import Unavailable
 from aicq.history import History, dm_channel, room_channel
 from aicq.models import DirectMessage, Message
-from aicq.protocol import text_frame
+from aicq.protocol import PRESENCE_EVENTS, text_frame
 
 log = logging.getLogger("aicq.fanout")
 
@@ -39,9 +39,9 @@ class Event:
     """One event as every local listener receives it."""
 
     frame: bytes  # the serialised WebSocket frame, built once per instance
-    kind: str  # "message", "deleted" or "dm"
+    kind: str  # "message", "deleted", "dm", or a presence event ("join", "leave", "status")
     room: str | None
-    id: str  # the message's (for "deleted": the deleted message's)
+    id: str  # the message's (for "deleted": the deleted message's; presence: the agent's)
     ts: int | None
     # A message's or DM's place in its channel's (ts, id) order; None for other
     # events. Computed once here: every subscriber compares it.
@@ -51,10 +51,17 @@ class Event:
         if self.kind != "deleted" and self.ts is not None:
             object.__setattr__(self, "key", (self.ts, self.id))
 
+    @property
+    def presence(self) -> bool:
+        return self.kind in PRESENCE_EVENTS
+
 
 class Listener(Protocol):
     def deliver(self, events: list[Event], frames: bytes) -> None:
-        """Take ``events`` whose frames, concatenated, are ``frames``. Must not block."""
+        """Take ``events`` whose frames, concatenated, are ``frames``. Must not block.
+
+        Presence events go only to listeners whose ``wants_presence`` is true.
+        """
 
 
 def parse_publication(data: bytes) -> tuple[float, Event] | None:
@@ -64,6 +71,8 @@ def parse_publication(data: bytes) -> tuple[float, Event] | None:
         kind = body["type"]
         if kind == "deleted":
             event = Event(text_frame(payload), kind, body["room"], body["id"], None)
+        elif kind in PRESENCE_EVENTS:
+            event = Event(text_frame(payload), kind, body["room"], body["agent"]["id"], None)
         else:
             msg = body["msg"]
             event = Event(text_frame(payload), kind, body.get("room"), msg["id"], int(msg["ts"]))
@@ -242,8 +251,14 @@ class Hub:
         if not listeners:
             return
         frames = events[0].frame if len(events) == 1 else b"".join(event.frame for event in events)
+        # Presence events only for the listeners that asked: the batch without them is built once.
+        plain = [event for event in events if not event.presence] if any(e.presence for e in events) else None
+        plain_frames = b"".join(event.frame for event in plain) if plain else b""
         for listener in tuple(listeners):
-            listener.deliver(events, frames)
+            if plain is None or getattr(listener, "wants_presence", False):
+                listener.deliver(events, frames)
+            elif plain:
+                listener.deliver(plain, plain_frames)
         metrics.WS_EVENTS_DELIVERED.inc(len(listeners) * len(events))
         now = time.time()
         for moment in published or ():

@@ -65,6 +65,7 @@ class Subscription:
     room_id: str
     held: list[Event] | None = field(default_factory=list)
     newest: tuple[int, str] | None = None
+    wants_presence: bool = False  # join/leave/status events too (the hub filters them)
 
     def deliver(self, events: list[Event], frames: bytes) -> None:
         if self.held is not None:
@@ -96,7 +97,7 @@ class Subscription:
 class Session:
     # One per open connection, 10,000s per instance: no per-object __dict__.
     __slots__ = ("caller", "closing", "hub", "id", "queue_limit", "service", "socket", "subscriptions",
-                 "websocket")
+                 "visitor", "websocket")
 
     def __init__(self, websocket: WebSocket, socket: Socket, service: ChatService, hub: Hub, caller: Caller):
         self.websocket = websocket
@@ -110,6 +111,7 @@ class Session:
         # mark well under the queue bound, so a paced frame always fits.
         socket.cap_high_water(self.queue_limit // 4)
         self.subscriptions: dict[str, Subscription] = {}
+        self.visitor = service.presence.visitor()  # where this session is live, as whom
         self.closing = False
 
     # Outgoing: one bounded path for everything the session sends
@@ -163,6 +165,8 @@ class Session:
             self.close(CLOSE_POLICY, exc.message)
             return
         agent = self.caller.agent
+        if agent is not None:
+            self.visitor.identify(agent)
         log.debug("session opened", extra={"session": self.id, "agent": agent.id if agent else None,
                                            "ip": self.caller.ip})
         self.send(protocol.hello(self.id, agent.id if agent else None,
@@ -190,6 +194,7 @@ class Session:
             log.debug("session closed", extra={"session": self.id})
 
     async def release(self) -> None:
+        self.visitor.close()
         for room_id, subscription in list(self.subscriptions.items()):
             await self.hub.leave_room(room_id, subscription)
         self.subscriptions.clear()
@@ -228,31 +233,36 @@ class Session:
         agent = await self.service.authenticate(op.credentials, b"")
         self.caller = self.caller.signed_in(agent)
         await self.hub.join_dms(agent.id, self)
+        self.visitor.identify(agent)
         return protocol.ok(ref, agent=agent.id)
 
     async def subscribe(self, op: protocol.Subscribe, ref: Any) -> None:
-        if op.since is not None:
-            # Replaying history reads what GET /room reads, and costs the same.
+        if op.since is not None or op.presence:
+            # Replaying history (or reading who is here) reads what GET /room reads, and costs the same.
             await self.service.admit(self.caller, "read_room")
         room = await self.service.room(op.room, op.key)
         if room.id in self.subscriptions:
             await self.hub.leave_room(room.id, self.subscriptions.pop(room.id))
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             raise BadRequest(f"at most {MAX_SUBSCRIPTIONS} subscriptions per session")
-        subscription = Subscription(self, room.id)
+        subscription = Subscription(self, room.id, wants_presence=op.presence)
         self.subscriptions[room.id] = subscription
         try:
             # Listen first, then read history: whatever is published meanwhile waits in
             # `held` and goes out after the replay, minus what the replay already sent.
             await self.hub.join_room(room.id, subscription)
+            self.visitor.enter(room.id)
             replayed, newest = await self._replay(room, op.since) if op.since is not None else (0, None)
+            # Who is here, read after listening too: the events held since complete it.
+            here = {"presence": await self.service.roster(room, settle=True)} if op.presence else {}
         except BaseException:
             self.subscriptions.pop(room.id, None)
+            self.visitor.exit(room.id)
             await self.hub.leave_room(room.id, subscription)
             raise
         recovered = op.since is None or self.service.recovered(op.since)
         self.send(protocol.ok(ref, room={"id": room.id, "name": room.name},
-                              replayed=replayed, recovered=recovered))
+                              replayed=replayed, recovered=recovered, **here))
         subscription.go_live(newest)
 
     async def _replay(self, room: Room, cursor: int | str) -> tuple[int, tuple[int, str] | None]:
@@ -269,6 +279,7 @@ class Session:
     async def unsubscribe(self, op: protocol.Unsubscribe, ref: Any) -> bytes:
         room = await self.service.resolve_room(op.room)
         subscription = self.subscriptions.pop(room.id, None)
+        self.visitor.exit(room.id)
         if subscription is not None:
             await self.hub.leave_room(room.id, subscription)
         return protocol.ok(ref, room=room.id)
@@ -288,6 +299,10 @@ class Session:
         await self.service.delete_message(self.caller, op.room, op.id)
         return protocol.ok(ref, room=op.room, id=op.id)
 
+    async def set_status(self, op: protocol.SetStatus, ref: Any) -> bytes:
+        await self.service.admit(self.caller, "set_status")
+        return protocol.ok(ref, **await self.service.set_status(self.caller, op.status, op.text, op.ttl))
+
 
 OpHandler = Callable[[Session, Any, Any], Awaitable[bytes | None]]
 OPS: dict[type, OpHandler] = {
@@ -298,6 +313,7 @@ OPS: dict[type, OpHandler] = {
     protocol.Post: Session.post,
     protocol.SendDM: Session.send_dm,
     protocol.Delete: Session.delete,
+    protocol.SetStatus: Session.set_status,
 }
 
 
