@@ -71,6 +71,9 @@ class ResumeState:
     ) -> None:
         self.rooms: list[str] = list(dict.fromkeys(rooms))
         self.presence = presence
+        # Room id → agents present, as the stream told its reader: a join of someone
+        # already listed (an event the roster already covered) is not news.
+        self._present: dict[str, set[str]] = {}
         self._keys = dict(keys or {})
         self.room_ids: dict[str, str] = {}  # as requested -> id
         self.room_names: dict[str, str] = {}  # id -> name
@@ -119,9 +122,11 @@ class ResumeState:
         if not isinstance(here, Mapping):
             return None
         try:
-            return Roster.from_json(dict(here), self.room_ids.get(room, room))
+            roster = Roster.from_json(dict(here), self.room_ids.get(room, room))
         except (KeyError, TypeError, ValueError):
             return None
+        self._present[roster.room] = {member.id for member in roster.agents}
+        return roster
 
     def accept(self, frame: Mapping[str, Any]) -> Event | None:
         """The event a server frame carries, or None (not an event, or a duplicate)."""
@@ -137,8 +142,25 @@ class ResumeState:
             if isinstance(msg, Mapping):
                 return self.accept_dm(msg, live=True)
         elif kind in ("join", "leave", "status"):
-            return _presence_event(kind, frame)
+            return self._presence_news(_presence_event(kind, frame))
         return None
+
+    def _presence_news(self, event: Joined | Left | StatusChanged | None) -> Event | None:
+        """``event``, unless it tells what the reader knows already."""
+        if event is None:
+            return None
+        present = self._present.setdefault(event.room, set())
+        if isinstance(event, Joined):
+            if event.member.id in present:
+                return None
+            present.add(event.member.id)
+        elif isinstance(event, Left):
+            if event.agent not in present:
+                return None
+            present.discard(event.agent)
+        elif event.agent not in present:
+            return None  # a status of someone the reader does not know is here
+        return event
 
     def _accept_message(self, frame: Mapping[str, Any]) -> Message | None:
         room, msg = frame.get("room"), frame.get("msg")
