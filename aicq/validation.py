@@ -164,6 +164,8 @@ def status_ttl(value: Any) -> int | None:
     """Seconds a status lasts at most (None: until the agent's last session ends)."""
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 60.0 is an integer in JSON
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STATUS_TTL_S:
         raise BadRequest(f"ttl must be an integer number of seconds, 1-{MAX_STATUS_TTL_S}")
     return value

@@ -58,11 +58,12 @@ def test_status_text_follows_the_body_rules_with_64_characters() -> None:
         validation.message_body("é" * 2049)
 
 
-@pytest.mark.parametrize("value, ok", [(None, True), (1, True), (86400, True), (0, False), (86401, False),
-                                       (True, False), (1.5, False), ("60", False), (-5, False)])
+@pytest.mark.parametrize("value, ok", [(None, True), (1, True), (86400, True), (60.0, True), (0, False),
+                                       (86401, False), (True, False), (1.5, False), ("60", False), (-5, False)])
 def test_status_ttl_is_whole_seconds_up_to_a_day(value: object, ok: bool) -> None:
     if ok:
         assert validation.status_ttl(value) == value
+        assert value is None or type(validation.status_ttl(value)) is int
     else:
         with pytest.raises(BadRequest, match="ttl must be"):
             validation.status_ttl(value)

@@ -32,7 +32,7 @@ from aicq.service import Caller, ChatService
 
 # Who may call a route: anyone; anyone, counted per agent when they sign; signers only.
 PUBLIC, SIGNED_OPTIONAL, SIGNED = "public", "signed-optional", "signed"
-EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "TRACE"]
+EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
 
 @dataclass(frozen=True, slots=True)
