@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from aicq import metrics
 from aicq.errors import Unavailable
 from aicq.models import Agent
-from aicq.presence_store import ONLINE, Change, Hold, Listed, PresenceStore, Readers, Release
+from aicq.presence_store import ONLINE, Change, Hold, PresenceStore, Readers, Release
 from aicq.settings import Settings
 
 log = logging.getLogger("aicq.presence")
@@ -65,15 +65,6 @@ class Status:
         if self.state == "online" and not self.text:
             return b""
         return orjson.dumps({"status": self.state, **({"text": self.text} if self.text else {})})
-
-
-def _entry(listed: Listed) -> dict[str, Any]:
-    entry: dict[str, Any] = {"id": listed.agent}
-    if listed.name:
-        entry["name"] = orjson.loads(listed.name)
-    entry["since"] = listed.since
-    entry.update(orjson.loads(b"{" + listed.status + b"}"))
-    return entry
 
 
 class Presence:
@@ -120,16 +111,16 @@ class Presence:
 
     # Reads and status
 
-    async def roster(self, room_id: str, *, settle: bool = False) -> dict[str, Any]:
-        """``{agents: [{id, name?, since, status, text?}], readers}`` of one room.
+    async def roster(self, room_id: str, *, settle: bool = False) -> orjson.Fragment:
+        """``{agents: [{id, name?, since, status, text?}], readers}`` of one room, as JSON
+        that goes out as it is (REST body, or inside a WebSocket ``ok``).
 
         ``settle``: first let this instance's own recent arrivals reach Redis (a reader
         asking for the room it just entered expects to find itself there).
         """
         if settle:
             await self.settled(SETTLE_S)
-        readers, listed = await self.store.roster(room_id)
-        return {"agents": [_entry(item) for item in listed], "readers": readers}
+        return orjson.Fragment(await self.store.roster(room_id))
 
     async def counts(self, room_ids: list[str]) -> dict[str, tuple[int, int]]:
         """(agents, readers) present per room, in one round trip."""

@@ -10,7 +10,8 @@ Keys (``{room}`` is a room UUID, or ``online``: every agent with a live session)
 
 - ``presence:room:{room}``          sorted set agent → since (ms): the roster
 - ``presence:room:{room}:holders``  hash agent → how many instances hold it there
-- ``presence:room:{room}:names``    hash agent → its name as JSON ("" when it has none)
+- ``presence:room:{room}:entries``  hash agent → its entry as clients get it (JSON
+  ``{id, name?, since, status, text?}``), so a roster is read with one HVALS
 - ``presence:room:{room}:readers``  hash instance → anonymous readers it holds there
 - ``presence:agent:{agent}:rooms``  set of the rooms listing the agent (for status events)
 - ``presence:status``               hash agent → ``{"status", "text"?}`` JSON
@@ -85,7 +86,7 @@ end
 local function depart(room, agent)
   local roster = P .. 'room:' .. room
   if redis.call('ZREM', roster, agent) == 0 then return end
-  redis.call('HDEL', roster .. ':names', agent)
+  redis.call('HDEL', roster .. ':entries', agent)
   if room == ONLINE then  -- its last session is gone: so is its status
     redis.call('HDEL', P .. 'status', agent)
     redis.call('ZREM', P .. 'status:expiry', agent)
@@ -101,13 +102,24 @@ local function hold(instance, room, agent, name)
   local roster = P .. 'room:' .. room
   if redis.call('HINCRBY', roster .. ':holders', agent, 1) > 1 then return end
   if redis.call('ZREM', P .. 'leaving', field) == 1 then return end  -- back within the grace period
-  if redis.call('ZADD', roster, 'NX', now, agent) == 0 then return end
-  redis.call('HSET', roster .. ':names', agent, name)
-  if room ~= ONLINE then
-    redis.call('SADD', P .. 'agent:' .. agent .. ':rooms', room)
-    local named = name ~= '' and (',"name":' .. name) or ''
-    publish(room, agent_event('join', room, agent,
-      named .. ',"since":' .. string.format('%.0f', now) .. ',' .. status_members(agent)))
+  if redis.call('ZADD', roster, 'NX', now, agent) == 0 or room == ONLINE then return end
+  local entry = '{"id":"' .. agent .. '"' .. (name ~= '' and (',"name":' .. name) or '')
+    .. ',"since":' .. string.format('%.0f', now) .. ',' .. status_members(agent) .. '}'
+  redis.call('HSET', roster .. ':entries', agent, entry)
+  redis.call('SADD', P .. 'agent:' .. agent .. ':rooms', room)
+  publish(room, '{"type":"join","room":"' .. room .. '","agent":' .. entry .. '}')
+end
+
+-- The agent's status changed: its entry in every room it is in, and a status event there.
+local function restatus(agent, members)
+  for _, room in ipairs(redis.call('SMEMBERS', P .. 'agent:' .. agent .. ':rooms')) do
+    local entries = P .. 'room:' .. room .. ':entries'
+    local entry = redis.call('HGET', entries, agent)
+    if entry then  -- names are JSON strings: their quotes are escaped, so this is the real one
+      local cut = string.find(entry, ',"status":', 1, true)
+      redis.call('HSET', entries, agent, string.sub(entry, 1, cut) .. members .. '}')
+    end
+    publish(room, agent_event('status', room, agent, ',' .. members))
   end
 end
 
@@ -199,9 +211,7 @@ local ended = redis.call('ZRANGEBYSCORE', P .. 'status:expiry', '-inf', now, 'LI
 for _, agent in ipairs(ended) do
   redis.call('ZREM', P .. 'status:expiry', agent)
   redis.call('HDEL', P .. 'status', agent)
-  for _, room in ipairs(redis.call('SMEMBERS', P .. 'agent:' .. agent .. ':rooms')) do
-    publish(room, agent_event('status', room, agent, ',"status":"online"'))
-  end
+  restatus(agent, '"status":"online"')
 end
 local more = #dead == sweep or #due == limit or #ended == limit
 return {lapsed and 1 or 0, more and 1 or 0}
@@ -228,33 +238,12 @@ if ttl_ms > 0 and status ~= '' then
 else
   redis.call('ZREM', P .. 'status:expiry', agent)
 end
-local members = ',' .. status_members(agent)
-for _, room in ipairs(redis.call('SMEMBERS', P .. 'agent:' .. agent .. ':rooms')) do
-  publish(room, agent_event('status', room, agent, members))
-end
+restatus(agent, status_members(agent))
 return 1
 """
 
-# One room's presence in one call. ARGV: channel prefix (unused), room
-# → {readers, agent, since, name JSON, status members, agent, ...}
-_ROSTER = _COMMON + """
-local roster = P .. 'room:' .. ARGV[2]
-local readers = 0
-for _, n in ipairs(redis.call('HVALS', roster .. ':readers')) do readers = readers + tonumber(n) end
-local out = {readers}
-local listed = redis.call('ZRANGE', roster, 0, -1, 'WITHSCORES')
-local names = {}
-local named = redis.call('HGETALL', roster .. ':names')
-for i = 1, #named, 2 do names[named[i]] = named[i + 1] end
-for i = 1, #listed, 2 do
-  local agent = listed[i]
-  out[#out + 1] = agent
-  out[#out + 1] = listed[i + 1]
-  out[#out + 1] = names[agent] or ''
-  out[#out + 1] = status_members(agent)
-end
-return out
-"""
+# Every presence script, for tools that tell its Redis work from the rest (bench/presence.py).
+SCRIPTS = (_APPLY, _TICK, _RETIRE, _STATUS)
 
 
 def roster_key(room_id: str) -> str:
@@ -299,16 +288,6 @@ def _records(changes: Iterable[Change]) -> list[str | int]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Listed:
-    """One agent on a roster, as Redis has it: JSON fragments the caller decodes."""
-
-    agent: str
-    since: int
-    name: bytes  # JSON string, or b"" for none
-    status: bytes  # JSON object members: b'"status":"busy","text":"..."'
-
-
 class PresenceStore:
     """The presence scripts, for one instance (``instance``) of the deployment."""
 
@@ -322,7 +301,6 @@ class PresenceStore:
         self._tick = redis.register_script(_TICK)
         self._retire = redis.register_script(_RETIRE)
         self._status = redis.register_script(_STATUS)
-        self._roster = redis.register_script(_ROSTER)
 
     async def apply(self, changes: list[Change], *, full: bool = False) -> bool:
         """Apply this instance's changes (renewing its lease); True when the lease had
@@ -349,14 +327,14 @@ class PresenceStore:
         agent has no live session."""
         return bool(await timed(self._status(args=[self._channel, agent_id, status, ttl_ms])))
 
-    async def roster(self, room_id: str) -> tuple[int, list[Listed]]:
-        """(anonymous readers, agents listed oldest first) of one room, in one round trip."""
-        reply = await timed(self._roster(args=[self._channel, room_id]))
-        listed = [
-            Listed(reply[i].decode(), int(float(reply[i + 1])), reply[i + 2], reply[i + 3])
-            for i in range(1, len(reply), 4)
-        ]
-        return int(reply[0]), listed
+    async def roster(self, room_id: str) -> bytes:
+        """``{"agents": [{id, name?, since, status, text?}], "readers": n}`` of one room,
+        as JSON: one round trip (two reads in MULTI), whatever the room's size."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hvals(f"{roster_key(room_id)}:entries")
+        pipe.hvals(f"{roster_key(room_id)}:readers")
+        entries, readers = await timed(pipe.execute())
+        return b'{"agents":[%s],"readers":%d}' % (b",".join(entries), sum(int(n) for n in readers))
 
     async def counts(self, room_ids: list[str]) -> dict[str, tuple[int, int]]:
         """(agents, readers) present in each room, in one round trip."""

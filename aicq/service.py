@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import bcrypt
+import orjson
 from ulid import ULID
 
 from aicq import __version__, metrics, protocol, validation
@@ -373,8 +374,8 @@ class ChatService:
 
     # Presence (the mechanism lives in aicq.presence; transports report their readers there)
 
-    async def roster(self, room: Room, *, settle: bool = False) -> dict[str, Any]:
-        """Who is in ``room`` (already authorised: a private room's key was checked)."""
+    async def roster(self, room: Room, *, settle: bool = False) -> orjson.Fragment:
+        """Who is in ``room`` (already authorised: a private room's key was checked), as JSON."""
         return await self.presence.roster(room.id, settle=settle)
 
     async def set_status(self, caller: Caller, state: object, text: object, ttl: object) -> dict[str, Any]:

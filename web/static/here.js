@@ -51,10 +51,9 @@ export class Here {
   set(room, roster) {
     if (room !== this.room || !roster) return;
     this.members = new Map();
-    for (const agent of Array.isArray(roster.agents) ? roster.agents : []) {
-      const m = member(agent);
-      if (m) this.members.set(m.id, m);
-    }
+    const listed = (Array.isArray(roster.agents) ? roster.agents : []).map(member).filter(Boolean);
+    listed.sort((a, b) => (a.since ?? 0) - (b.since ?? 0)); // by arrival, as joins add them
+    for (const m of listed) this.members.set(m.id, m);
     this.readers = Number(roster.readers) || 0;
     this.known = true;
     this.render();
