@@ -93,7 +93,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         presence = Presence(redis, settings)
         service = ChatService(settings, store, history, Limiter(redis, auto_block=settings.auto_block_enabled),
                               presence)
-        hub = Hub(settings.redis_url, history)
+        hub = Hub(settings.redis_url, history, roster=presence.store.roster)
         await hub.start()
         await presence.start()
         app.state.service = service

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -94,14 +95,22 @@ def message_event(message: Message) -> Event:
     return Event(text_frame(protocol.message_event(message)), "message", message.room_id, message.id, message.ts)
 
 
+def presence_event(room_id: str, roster: bytes) -> Event:
+    """``{"type": "presence", "room", "agents", "readers"}``: a room's whole roster."""
+    payload = b'{"type":"presence","room":"%s",%s' % (room_id.encode(), roster[1:])
+    return Event(text_frame(payload), "presence", room_id, "", None)
+
+
 def dm_event(dm: DirectMessage) -> Event:
     return Event(text_frame(protocol.dm_event(dm)), "dm", None, dm.id, dm.ts)
 
 
 class Hub:
-    def __init__(self, redis_url: str, history: History):
+    def __init__(self, redis_url: str, history: History,
+                 roster: Callable[[str], Awaitable[bytes]] | None = None):
         self._url = redis_url
         self._history = history
+        self._roster = roster  # a room's presence as JSON, for listeners that follow it
         self._redis: aioredis.Redis | None = None
         self._pubsub: aioredis.client.PubSub | None = None
         self._listeners: dict[str, set[Listener]] = {}
@@ -343,6 +352,10 @@ class Hub:
                         if channel not in self._listeners:
                             break
                         self.dispatch(channel, [message_event(message) for message in page])
+                    # Presence events are not history: who follows it gets the whole roster anew.
+                    if self._roster is not None and any(
+                            getattr(listener, "wants_presence", False) for listener in self._listeners.get(channel, ())):
+                        self.dispatch(channel, [presence_event(owner, await self._roster(owner))])
                 else:
                     dms = await self._history.dms_after(owner, cursor, BACKFILL_PAGE)
                     if dms and channel in self._listeners:

@@ -205,8 +205,10 @@ def parse(frame: str | bytes) -> Request:
 # Server frames
 
 # Presence events (``{"type", "room", "agent": {"id", ...}}``) are encoded by the
-# presence scripts in Redis, in the same script as the change they announce.
-PRESENCE_EVENTS = frozenset({"join", "leave", "status"})
+# presence scripts in Redis, in the same script as the change they announce; a
+# ``presence`` event (``{"type", "room", "agents", "readers"}``: the whole roster)
+# follows a hub's reconnection, since presence events, unlike messages, have no history.
+PRESENCE_EVENTS = frozenset({"join", "leave", "status", "presence"})
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -69,6 +69,31 @@ class Follower:
                 await self._arrived.wait()
         return await asyncio.wait_for(scan(), timeout)
 
+    def present(self, room: str, roster: dict) -> set[str]:
+        """Who is in ``room`` as a client following it knows: ``roster`` (its subscribe's),
+        then every presence event since, applied in order."""
+        here = {entry["id"] for entry in roster["agents"]}
+        for frame in self.frames:
+            if frame.get("room") != room:
+                continue
+            if frame.get("type") == "presence":
+                here = {entry["id"] for entry in frame["agents"]}
+            elif frame.get("type") == "join":
+                here.add(frame["agent"]["id"])
+            elif frame.get("type") == "leave":
+                here.discard(frame["agent"]["id"])
+        return here
+
+    async def until_present(self, room: str, roster: dict, agents: set[str],
+                            timeout: float = EVENT_TIMEOUT_S) -> None:
+        """Wait until the presence this session was told of is exactly ``agents``."""
+        async with asyncio.timeout(timeout):
+            while self.present(room, roster) != agents:
+                if self.closed is not None:
+                    raise ConnectionError(f"closed with {self.closed}")
+                self._arrived.clear()
+                await self._arrived.wait()
+
     def presence_events(self, room: str, but: str | None = None) -> list[tuple[str, str]]:
         """(kind, agent id) of every presence event of ``room`` so far (none about ``but``)."""
         return [(f["type"], f["agent"]["id"]) for f in self.frames

@@ -9,7 +9,7 @@ from aicq import protocol, validation
 from aicq.client.models import Joined, Left, Member, Roster, StatusChanged
 from aicq.client.resume import ResumeState
 from aicq.errors import BadRequest, Unprocessable
-from aicq.fanout import parse_publication
+from aicq.fanout import parse_publication, presence_event
 from aicq.presence import Status
 
 AGENT = "6f1c0e36-2f7b-4a51-9d0e-3f7a4c1b2d10"
@@ -87,6 +87,18 @@ def test_presence_publications_become_presence_events_at_the_hub(payload: dict, 
     assert published == 1700000000.000001
     assert (event.kind, event.room, event.id, event.key, event.presence) == (kind, ROOM, AGENT, None, True)
     assert orjson.dumps(payload) in event.frame
+
+
+def test_a_whole_roster_event_goes_to_presence_listeners_only() -> None:
+    roster = b'{"agents":[{"id":"%s","since":5,"status":"online"}],"readers":1}' % AGENT.encode()
+    made = presence_event(ROOM, roster)
+    assert made.presence and made.key is None
+    payload = orjson.loads(made.frame[made.frame.index(b"{"):])
+    assert payload == {"type": "presence", "room": ROOM, "agents": [{"id": AGENT, "since": 5, "status": "online"}],
+                       "readers": 1}
+    state = ResumeState([ROOM], presence=True)
+    assert state.accept(payload) == Roster(ROOM, [Member(AGENT, 5)], 1)
+    assert state.accept({"type": "join", "room": ROOM, "agent": {"id": AGENT, "since": 5}}) is None
 
 
 def test_the_client_reads_presence_frames_into_events() -> None:

@@ -117,7 +117,8 @@ class ResumeState:
         return None
 
     def roster(self, room: str, ok: Mapping[str, Any]) -> Roster | None:
-        """Who is in ``room``, from the ``ok`` of a subscribe that asked for presence."""
+        """Who is in ``room``, from the ``ok`` of a subscribe that asked for presence (or a
+        ``presence`` event: the server's hub reconnected, and this replaces what was known)."""
         here = ok.get("presence")
         if not isinstance(here, Mapping):
             return None
@@ -143,6 +144,8 @@ class ResumeState:
                 return self.accept_dm(msg, live=True)
         elif kind in ("join", "leave", "status"):
             return self._presence_news(_presence_event(kind, frame))
+        elif kind == "presence" and isinstance(frame.get("room"), str):
+            return self.roster(frame["room"], {"presence": frame})
         return None
 
     def _presence_news(self, event: Joined | Left | StatusChanged | None) -> Event | None:

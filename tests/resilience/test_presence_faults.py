@@ -144,7 +144,7 @@ async def test_presence_is_written_again_after_redis_restarts_empty(start_server
             room = (await agent.create_room(http))["id"]
         async with follower(server.ws_url, agent) as session, follower(server.ws_url) as reader:
             await session.subscribe(room)
-            await reader.subscribe(room)
+            followed = (await reader.subscribe(room, presence=True))["presence"]
             assert agent.id in listed(await _roster(server.url, room))
             redis.stop()
             redis = RedisProcess(tmp_path_factory.mktemp("redis-b"), port=redis.port).start()  # no data
@@ -160,5 +160,8 @@ async def test_presence_is_written_again_after_redis_restarts_empty(start_server
                     await asyncio.sleep(0.1)
             print(f"\nRedis back empty → presence written again after {time.monotonic() - back:.2f} s")
             assert listed(roster)[agent.id]["name"] == "survivor-of-a-flush"
+            # The reader's session followed presence through it all: it was told again.
+            await reader.until_present(room, followed, {agent.id}, timeout=5 + SLACK_S)
+            assert any(f.get("type") == "presence" for f in reader.frames), reader.frames
     finally:
         redis.stop()

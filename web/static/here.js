@@ -59,9 +59,13 @@ export class Here {
     this.render();
   }
 
-  /** A join, leave or status event. */
+  /** A join, leave or status event; or `presence`, the whole roster again. */
   apply(room, frame) {
     if (room !== this.room) return;
+    if (frame.type === "presence") {
+      this.set(room, frame);
+      return;
+    }
     const m = member(frame.agent);
     if (!m) return;
     if (frame.type === "join") {

@@ -200,7 +200,8 @@ export class Live {
       case "join":
       case "leave":
       case "status":
-        if (this.rooms.get(frame.room)?.presence && frame.agent && typeof frame.agent.id === "string") {
+      case "presence":
+        if (this.rooms.get(frame.room)?.presence && (frame.type === "presence" || typeof frame.agent?.id === "string")) {
           this.on.presence?.(frame.room, frame);
         }
         break;
