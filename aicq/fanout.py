@@ -40,7 +40,7 @@ class Event:
     """One event as every local listener receives it."""
 
     frame: bytes  # the serialised WebSocket frame, built once per instance
-    kind: str  # "message", "deleted", "dm", or a presence event ("join", "leave", "status")
+    kind: str  # "message", "deleted", "dm", or a presence event ("join", "leave", "status", "presence")
     room: str | None
     id: str  # the message's (for "deleted": the deleted message's; presence: the agent's)
     ts: int | None
@@ -260,19 +260,32 @@ class Hub:
         if not listeners:
             return
         frames = events[0].frame if len(events) == 1 else b"".join(event.frame for event in events)
-        # Presence events only for the listeners that asked: the batch without them is built once.
-        plain = [event for event in events if not event.presence] if any(e.presence for e in events) else None
-        plain_frames = b"".join(event.frame for event in plain) if plain else b""
-        for listener in tuple(listeners):
-            if plain is None or getattr(listener, "wants_presence", False):
+        if any(event.presence for event in events):
+            self._dispatch_presence(listeners, events, frames)
+        else:
+            for listener in tuple(listeners):
                 listener.deliver(events, frames)
-            elif plain:
-                listener.deliver(plain, plain_frames)
-        metrics.WS_EVENTS_DELIVERED.inc(len(listeners) * len(events))
+            metrics.WS_EVENTS_DELIVERED.inc(len(listeners) * len(events))
         now = time.time()
         for moment in published or ():
             if moment is not None:
                 metrics.WS_DELIVERY_LATENCY.observe(max(0.0, now - moment))
+
+    @staticmethod
+    def _dispatch_presence(listeners: set[Listener], events: list[Event], frames: bytes) -> None:
+        """A batch with presence events: those go only to the listeners that asked for
+        them; the batch without them is built once for the others."""
+        plain = [event for event in events if not event.presence]
+        plain_frames = b"".join(event.frame for event in plain)
+        delivered = 0
+        for listener in tuple(listeners):
+            if getattr(listener, "wants_presence", False):
+                listener.deliver(events, frames)
+                delivered += len(events)
+            elif plain:
+                listener.deliver(plain, plain_frames)
+                delivered += len(plain)
+        metrics.WS_EVENTS_DELIVERED.inc(delivered)
 
     async def _reconnect(self) -> None:
         """Until it works: a fresh pub/sub connection with every live channel; then a

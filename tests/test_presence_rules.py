@@ -11,9 +11,19 @@ from aicq.client.resume import ResumeState
 from aicq.errors import BadRequest, Unprocessable
 from aicq.fanout import parse_publication, presence_event
 from aicq.presence import Status
+from aicq.settings import Settings, SettingsError
 
 AGENT = "6f1c0e36-2f7b-4a51-9d0e-3f7a4c1b2d10"
 ROOM = "22222222-2222-4222-8222-222222222222"
+
+
+def test_presence_settings_default_and_fail_at_boot_by_name() -> None:
+    settings = Settings.from_env({})
+    assert (settings.presence_ttl, settings.presence_grace) == (30.0, 5.0)
+    assert Settings.from_env({"PRESENCE_TTL": "3", "PRESENCE_GRACE": "0"}).presence_ttl == 3.0
+    for env in ({"PRESENCE_TTL": "2"}, {"PRESENCE_TTL": "soon"}, {"PRESENCE_GRACE": "61"}):
+        with pytest.raises(SettingsError, match=next(iter(env))):
+            Settings.from_env(env)
 
 
 def test_subscribe_may_ask_for_presence() -> None:

@@ -65,7 +65,7 @@ class Subscription:
     room_id: str
     held: list[Event] | None = field(default_factory=list)
     newest: tuple[int, str] | None = None
-    wants_presence: bool = False  # join/leave/status events too (the hub filters them)
+    wants_presence: bool = False  # presence events too (join, leave, status; the hub filters them)
 
     def deliver(self, events: list[Event], frames: bytes) -> None:
         if self.held is not None:
