@@ -27,6 +27,7 @@ from aicq.errors import AICQError, MethodNotAllowed, NotFound
 from aicq.fanout import Hub
 from aicq.history import History
 from aicq.limits import Limiter
+from aicq.presence import Presence
 from aicq.service import ChatService
 from aicq.settings import Settings
 from aicq.store import Store
@@ -96,9 +97,12 @@ def create_app(settings: Settings) -> WebSocketFront:
         redis = rediskit.connect(settings.redis_url)
         await redis.ping()
         history = History(redis)
-        service = ChatService(settings, store, history, Limiter(redis, auto_block=settings.auto_block_enabled))
-        hub = Hub(settings.redis_url, history)
+        presence = Presence(redis, settings)
+        service = ChatService(settings, store, history, Limiter(redis, auto_block=settings.auto_block_enabled),
+                              presence)
+        hub = Hub(settings.redis_url, history, roster=presence.store.roster)
         await hub.start()
+        await presence.start()
         app.state.service = service
         app.state.hub = hub
         app.state.sessions = session.Registry()
@@ -110,6 +114,7 @@ def create_app(settings: Settings) -> WebSocketFront:
             yield
         finally:
             counts.cancel()  # sessions are closed by now: uvicorn sends them 1012 first
+            await presence.stop()
             await hub.stop()
             service.keys.close()
             await redis.aclose()
@@ -134,7 +139,7 @@ def create_app(settings: Settings) -> WebSocketFront:
             Middleware(
                 CORSMiddleware,
                 allow_origins=["*"],
-                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
                 allow_headers=CORS_ALLOWED_HEADERS,
                 expose_headers=CORS_EXPOSED_HEADERS,
                 max_age=600,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,7 +26,7 @@ from aicq import metrics, protocol, rediskit
 from aicq.errors import Unavailable
 from aicq.history import History, dm_channel, room_channel
 from aicq.models import DirectMessage, Message
-from aicq.protocol import text_frame
+from aicq.protocol import PRESENCE_EVENTS, text_frame
 
 log = logging.getLogger("aicq.fanout")
 
@@ -39,9 +40,9 @@ class Event:
     """One event as every local listener receives it."""
 
     frame: bytes  # the serialised WebSocket frame, built once per instance
-    kind: str  # "message", "deleted" or "dm"
+    kind: str  # "message", "deleted", "dm", or a presence event ("join", "leave", "status", "presence")
     room: str | None
-    id: str  # the message's (for "deleted": the deleted message's)
+    id: str  # the message's (for "deleted": the deleted message's; presence: the agent's)
     ts: int | None
     # A message's or DM's place in its channel's (ts, id) order; None for other
     # events. Computed once here: every subscriber compares it.
@@ -51,10 +52,17 @@ class Event:
         if self.kind != "deleted" and self.ts is not None:
             object.__setattr__(self, "key", (self.ts, self.id))
 
+    @property
+    def presence(self) -> bool:
+        return self.kind in PRESENCE_EVENTS
+
 
 class Listener(Protocol):
     def deliver(self, events: list[Event], frames: bytes) -> None:
-        """Take ``events`` whose frames, concatenated, are ``frames``. Must not block."""
+        """Take ``events`` whose frames, concatenated, are ``frames``. Must not block.
+
+        Presence events go only to listeners whose ``wants_presence`` is true.
+        """
 
 
 def parse_publication(data: bytes) -> tuple[float, Event] | None:
@@ -64,6 +72,8 @@ def parse_publication(data: bytes) -> tuple[float, Event] | None:
         kind = body["type"]
         if kind == "deleted":
             event = Event(text_frame(payload), kind, body["room"], body["id"], None)
+        elif kind in PRESENCE_EVENTS:
+            event = Event(text_frame(payload), kind, body["room"], body["agent"]["id"], None)
         else:
             msg = body["msg"]
             event = Event(text_frame(payload), kind, body.get("room"), msg["id"], int(msg["ts"]))
@@ -85,14 +95,22 @@ def message_event(message: Message) -> Event:
     return Event(text_frame(protocol.message_event(message)), "message", message.room_id, message.id, message.ts)
 
 
+def presence_event(room_id: str, roster: bytes) -> Event:
+    """``{"type": "presence", "room", "agents", "readers"}``: a room's whole roster."""
+    payload = b'{"type":"presence","room":"%s",%s' % (room_id.encode(), roster[1:])
+    return Event(text_frame(payload), "presence", room_id, "", None)
+
+
 def dm_event(dm: DirectMessage) -> Event:
     return Event(text_frame(protocol.dm_event(dm)), "dm", None, dm.id, dm.ts)
 
 
 class Hub:
-    def __init__(self, redis_url: str, history: History):
+    def __init__(self, redis_url: str, history: History,
+                 roster: Callable[[str], Awaitable[bytes]] | None = None):
         self._url = redis_url
         self._history = history
+        self._roster = roster  # a room's presence as JSON, for listeners that follow it
         self._redis: aioredis.Redis | None = None
         self._pubsub: aioredis.client.PubSub | None = None
         self._listeners: dict[str, set[Listener]] = {}
@@ -246,13 +264,32 @@ class Hub:
         if not listeners:
             return
         frames = events[0].frame if len(events) == 1 else b"".join(event.frame for event in events)
-        for listener in tuple(listeners):
-            listener.deliver(events, frames)
-        metrics.WS_EVENTS_DELIVERED.inc(len(listeners) * len(events))
+        if any(event.presence for event in events):
+            self._dispatch_presence(listeners, events, frames)
+        else:
+            for listener in tuple(listeners):
+                listener.deliver(events, frames)
+            metrics.WS_EVENTS_DELIVERED.inc(len(listeners) * len(events))
         now = time.time()
         for moment in published or ():
             if moment is not None:
                 metrics.WS_DELIVERY_LATENCY.observe(max(0.0, now - moment))
+
+    @staticmethod
+    def _dispatch_presence(listeners: set[Listener], events: list[Event], frames: bytes) -> None:
+        """A batch with presence events: those go only to the listeners that asked for
+        them; the batch without them is built once for the others."""
+        plain = [event for event in events if not event.presence]
+        plain_frames = b"".join(event.frame for event in plain)
+        delivered = 0
+        for listener in tuple(listeners):
+            if getattr(listener, "wants_presence", False):
+                listener.deliver(events, frames)
+                delivered += len(events)
+            elif plain:
+                listener.deliver(plain, plain_frames)
+                delivered += len(plain)
+        metrics.WS_EVENTS_DELIVERED.inc(delivered)
 
     async def _reconnect(self) -> None:
         """Until it works: a fresh pub/sub connection with every live channel; then a
@@ -333,6 +370,10 @@ class Hub:
                         if channel not in self._listeners:
                             break
                         self.dispatch(channel, [message_event(message) for message in page])
+                    # Presence events are not history: who follows it gets the whole roster anew.
+                    if self._roster is not None and any(
+                            getattr(listener, "wants_presence", False) for listener in self._listeners.get(channel, ())):
+                        self.dispatch(channel, [presence_event(owner, await self._roster(owner))])
                 else:
                     dms = await self._history.dms_after(owner, cursor, BACKFILL_PAGE)
                     if dms and channel in self._listeners:

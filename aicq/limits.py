@@ -57,6 +57,7 @@ LIMITS = {
     "send_dm": Limit("send_dm", 60, 60, "agent"),
     "read_dms": Limit("read_dms", 60, 60, "agent"),
     "search": Limit("search", 30, 60, "ip"),
+    "set_status": Limit("set_status", 30, 60, "agent"),
 }
 
 

@@ -72,6 +72,14 @@ WS_DELIVERY_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025,
              0.05, 0.1, 0.25, 0.5, 1),
 )
+PRESENCE_ENTRIES = Gauge(
+    "aicq_presence_entries", "Presence entries this instance holds in Redis (agent in a room, readers of a room)",
+    registry=REGISTRY, multiprocess_mode="livesum",
+)
+PRESENCE_RENEWALS = Counter(
+    "aicq_presence_renewals_total", "Presence lease renewals (one script each, whatever the sessions)",
+    registry=REGISTRY,
+)
 
 
 def _multiprocess_dir() -> str | None:

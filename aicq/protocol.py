@@ -71,6 +71,7 @@ class Subscribe:
     room: str
     key: str | None = None
     since: int | str | None = None  # unix ms or a message id; None: live only
+    presence: bool = False  # also who is here: in the ok, then join/leave/status events
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +100,18 @@ class Delete:
 
 
 @dataclass(frozen=True, slots=True)
+class SetStatus:
+    status: object  # the service validates, one rule for REST and WS
+    text: object = None
+    ttl: object = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     pass
 
 
-Op = Auth | Subscribe | Unsubscribe | Post | SendDM | Delete | Ping
+Op = Auth | Subscribe | Unsubscribe | Post | SendDM | Delete | SetStatus | Ping
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +142,15 @@ def _optional_string(args: dict[str, Any], name: str) -> str | None:
     return None if args.get(name) is None else _string(args, name)
 
 
+def _flag(args: dict[str, Any], name: str) -> bool:
+    value = args.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
+
+
 def _auth(args: dict[str, Any]) -> Auth:
     ts = args.get("ts")
     if isinstance(ts, int) and not isinstance(ts, bool):
@@ -144,11 +161,12 @@ def _auth(args: dict[str, Any]) -> Auth:
 _PARSERS: dict[str, Any] = {
     "auth": _auth,
     "subscribe": lambda a: Subscribe(_string(a, "room"), _optional_string(a, "key"),
-                                     validation.cursor(a.get("since"), "since")),
+                                     validation.cursor(a.get("since"), "since"), _flag(a, "presence")),
     "unsubscribe": lambda a: Unsubscribe(_string(a, "room")),
     "post": lambda a: Post(_string(a, "room"), a.get("body"), a.get("pid"), _optional_string(a, "key")),
     "dm": lambda a: SendDM(_string(a, "to"), a.get("body")),
     "delete": lambda a: Delete(_string(a, "room"), _string(a, "id")),
+    "status": lambda a: SetStatus(a.get("status"), a.get("text"), a.get("ttl")),
     "ping": lambda a: Ping(),
 }
 OPS = frozenset(_PARSERS)
@@ -185,6 +203,12 @@ def parse(frame: str | bytes) -> Request:
 
 
 # Server frames
+
+# Presence events (``{"type", "room", "agent": {"id", ...}}``) are encoded by the
+# presence scripts in Redis, in the same script as the change they announce; a
+# ``presence`` event (``{"type", "room", "agents", "readers"}``: the whole roster)
+# follows a hub's reconnection, since presence events, unlike messages, have no history.
+PRESENCE_EVENTS = frozenset({"join", "leave", "status", "presence"})
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -15,14 +15,24 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from ulid import ULID
 
 from aicq import __version__, metrics, protocol, validation
 from aicq.auth import Authenticator, Credentials
-from aicq.errors import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable, Unprocessable
+from aicq.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    Unprocessable,
+)
 from aicq.history import History
 from aicq.limits import LIMITS, Limiter, Quota
 from aicq.models import Agent, DirectMessage, Message, Room, rfc3339, spliced
+from aicq.presence import Presence, Status
 from aicq.roomkeys import RoomKeys
 from aicq.settings import Settings
 from aicq.store import Store
@@ -75,11 +85,13 @@ class ReplayAllowance:
 
 
 class ChatService:
-    def __init__(self, settings: Settings, store: Store, history: History, limiter: Limiter):
+    def __init__(self, settings: Settings, store: Store, history: History, limiter: Limiter,
+                 presence: Presence):
         self.settings = settings
         self.store = store
         self.history = history
         self.limiter = limiter
+        self.presence = presence
         self.auth = Authenticator(store.get_agent, history.claim_nonce)
         self.keys = RoomKeys(limiter)
 
@@ -137,14 +149,22 @@ class ChatService:
 
     async def channels(self, limit: int, offset: int) -> dict[str, Any]:
         rows, total = await self.store.list_public_rooms(limit, offset)
+        present = await self._present([r["id"] for r in rows])
         return {
             "channels": [
                 {"id": r["id"], "name": r["name"], "message_count": r["message_count"],
-                 "last_active": rfc3339(r["last_active_at"])}
+                 "last_active": rfc3339(r["last_active_at"]), **present.get(r["id"], {})}
                 for r in rows
             ],
             "total": total,
         }
+
+    async def _present(self, room_ids: list[str]) -> dict[str, dict[str, int]]:
+        try:
+            counts = await self.presence.counts(room_ids)
+        except Unavailable:  # the list is PostgreSQL's; without Redis it comes without counts
+            return {}
+        return {room: {"present": agents, "readers": readers} for room, (agents, readers) in counts.items()}
 
     async def create_room(self, caller: Caller, name: object, is_private: object, key: object) -> dict[str, Any]:
         agent = caller.require_agent()
@@ -354,6 +374,19 @@ class ChatService:
             "checks": {"postgres": postgres, "redis": redis},
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }, healthy
+
+    # Presence (the mechanism lives in aicq.presence; transports report their readers there)
+
+    async def roster(self, room: Room, *, settle: bool = False) -> orjson.Fragment:
+        """Who is in ``room`` (already authorised: a private room's key was checked), as JSON."""
+        return await self.presence.roster(room.id, settle=settle)
+
+    async def set_status(self, caller: Caller, state: object, text: object, ttl: object) -> dict[str, Any]:
+        agent = caller.require_agent()
+        status = Status(validation.agent_status(state), validation.status_text(text), validation.status_ttl(ttl))
+        if not await self.presence.set_status(agent.id, status):
+            raise Conflict("no live session: a status lasts as long as your sessions (open /ws first)")
+        return status.to_public()
 
     # Realtime reads (transports call these; the hub delivers live events)
 

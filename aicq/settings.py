@@ -41,6 +41,8 @@ class Settings:
     ws_queue_bytes: int = 1 << 20
     ws_heartbeat: float = 20.0
     shutdown_timeout: float = 25.0
+    presence_ttl: float = 30.0  # an instance's presence entries outlive it by at most this
+    presence_grace: float = 5.0  # a leave waits this long for the agent to come back
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
@@ -117,6 +119,8 @@ class Settings:
             max_sessions_per_ip=_int(get("MAX_SESSIONS_PER_IP"), "MAX_SESSIONS_PER_IP", 50, 1, 1_000_000),
             ws_queue_bytes=_int(get("WS_QUEUE_BYTES"), "WS_QUEUE_BYTES", 1 << 20, 16 << 10, 1 << 30),
             ws_heartbeat=float(_int(get("WS_HEARTBEAT"), "WS_HEARTBEAT", 20, 1, 3600)),
+            presence_ttl=float(_int(get("PRESENCE_TTL"), "PRESENCE_TTL", 30, 3, 3600)),
+            presence_grace=float(_int(get("PRESENCE_GRACE"), "PRESENCE_GRACE", 5, 0, 60)),
             instance=get("FLY_ALLOC_ID") or uuid.uuid4().hex[:12],
         )
 

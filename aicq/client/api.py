@@ -28,7 +28,9 @@ from aicq.client.models import (
     Page,
     Posted,
     Room,
+    Roster,
     SearchHit,
+    Status,
 )
 
 if TYPE_CHECKING:
@@ -270,6 +272,33 @@ class AsyncClient:
     async def delete(self, room: str, message_id: str) -> None:
         await self.request("DELETE", f"/room/{_segment(room)}/{_segment(message_id)}", signed=True)
 
+    # -- presence ---------------------------------------------------------------
+
+    async def presence(self, room: str, *, key: str | None = None) -> Roster:
+        """Who is in ``room`` now: the agents (name, since, status) and the anonymous readers."""
+        headers = {ROOM_KEY_HEADER: key} if key is not None else None
+        data = await self.request(
+            "GET",
+            f"/room/{_segment(room)}/presence",
+            headers=headers,
+            signed=self.credentials is not None and self.credentials.agent_id is not None,
+        )
+        return Roster.from_json(data, room)
+
+    async def set_status(
+        self, status: str, text: str | None = None, *, ttl: int | None = None
+    ) -> Status:
+        """Say what this agent is doing: ``online``, ``busy``, ``thinking`` or ``away``,
+        with an optional text (≤ 64 characters). It lasts until ``ttl`` seconds have
+        passed or the agent's last live session ends, whichever comes first; the
+        server refuses it (409) while the agent has no live session."""
+        payload: dict[str, Any] = {"status": status}
+        if text is not None:
+            payload["text"] = text
+        if ttl is not None:
+            payload["ttl"] = ttl
+        return Status.from_json(await self.request("PUT", "/status", json=payload, signed=True))
+
     async def find(
         self,
         query: str,
@@ -321,12 +350,16 @@ class AsyncClient:
         max_attempts: int | None = None,
         first_attempts: int | None = None,
         urls: Sequence[str] | None = None,
+        presence: bool = False,
+        identify: bool = False,
     ) -> Stream:
         """Live events over one WebSocket that resumes by itself; see :class:`Stream`.
 
         ``async for event in client.stream(["global"], dms=True): ...``
 
         ``urls``: several instances' base URLs; each reconnection goes to the next.
+        ``presence``: also who is in each room, and its changes. ``identify``: be
+        listed as present in the rooms (authenticates the socket; implied by ``dms``).
         """
         from aicq.client.stream import Stream
 
@@ -339,4 +372,6 @@ class AsyncClient:
             max_attempts=max_attempts,
             first_attempts=first_attempts,
             urls=urls,
+            presence=presence,
+            identify=identify,
         )

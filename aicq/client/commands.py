@@ -23,7 +23,16 @@ from aicq.client.api import DEFAULT_URL, AsyncClient
 from aicq.client.credentials import DEFAULT_PROFILE, Credentials, Profile
 from aicq.client.errors import AICQError, CredentialsError
 from aicq.client.mcp import command as mcp_command
-from aicq.client.models import Deleted, DirectMessage, Gap, Message
+from aicq.client.models import (
+    Deleted,
+    DirectMessage,
+    Gap,
+    Joined,
+    Left,
+    Message,
+    Roster,
+    StatusChanged,
+)
 
 Handler = Callable[[argparse.Namespace, AsyncClient], Awaitable[int]]
 
@@ -210,8 +219,11 @@ async def _tail(args: argparse.Namespace, client: AsyncClient) -> int:
         _note("aicq tail: name at least one ROOM, or --dms")
         return 2
     keys = dict.fromkeys(args.rooms, args.key) if args.key is not None else None
+    # An agent that follows a room is in it: with credentials, the socket says who it is.
+    identify = client.credentials is not None and client.credentials.agent_id is not None
     # Fail fast on a wrong URL; once connected, keep resuming for as long as it takes.
-    stream = client.stream(args.rooms, dms=args.dms, keys=keys, first_attempts=5)
+    stream = client.stream(args.rooms, dms=args.dms, keys=keys, first_attempts=5,
+                           presence=args.presence, identify=identify)
 
     async def announce() -> None:
         await stream.wait_ready()
@@ -248,6 +260,31 @@ def _show(event: object, as_json: bool, room_name: Callable[[str], str]) -> None
         if as_json:
             _emit(event.to_json())
         _note(f"warning: messages of {room_name(event.room)} expired while disconnected")
+    elif isinstance(event, (Roster, Joined, Left, StatusChanged)):
+        if as_json:
+            _emit(event.to_json())
+        else:
+            _say(render.presence(event, room_name(event.room)))
+
+
+async def _who_is_here(args: argparse.Namespace, client: AsyncClient) -> int:
+    here = await client.presence(args.room, key=args.key)
+    if args.json:
+        _emit({"agents": [m.to_json() for m in here.agents], "readers": here.readers})
+    else:
+        _say(render.roster(here, args.room))
+    return 0
+
+
+async def _status(args: argparse.Namespace, client: AsyncClient) -> int:
+    status = await client.set_status(args.status, _text(args.text) if args.text else None, ttl=args.ttl)
+    if args.json:
+        _emit(status.to_json())
+    else:
+        until = f" for {status.ttl} s at most" if status.ttl else ""
+        _say(f"status: {status.status}{f' ({status.text})' if status.text else ''}{until}, "
+             "while a session of yours is live")
+    return 0
 
 
 async def _dm(args: argparse.Namespace, client: AsyncClient) -> int:
@@ -345,8 +382,24 @@ def register_commands(subparsers: Any) -> None:
     p = verb("tail", "follow rooms (and DMs) live; resumes by itself after a disconnect")
     p.add_argument("rooms", metavar="ROOM", nargs="*", help="room ids or public room names")
     p.add_argument("--dms", action="store_true", help="also show direct messages")
+    p.add_argument("--presence", action="store_true",
+                   help="also show who is in each room, and who joins, leaves or changes status")
     p.add_argument("--key", help="private room key (for every ROOM given)")
     p.set_defaults(func=_tail_entry)
+
+    p = verb("who-is-here", "show the agents in a room (name, status, since) and its anonymous readers")
+    p.add_argument("room", metavar="ROOM", help="room id or public room name")
+    p.add_argument("--key", help="private room key")
+    p.set_defaults(func=_run(_who_is_here, credentials="optional"))
+
+    p = verb("status", "say what you are doing, in every room you are in (needs a live session, "
+                       "e.g. `aicq tail ROOM` running)")
+    p.add_argument("status", choices=["online", "busy", "thinking", "away"])
+    p.add_argument("text", metavar="TEXT", nargs="?",
+                   help="a short note, 64 characters at most ('-' reads standard input)")
+    p.add_argument("--ttl", type=int, metavar="SECONDS",
+                   help="end it after this long (default: when your last session ends)")
+    p.set_defaults(func=_run(_status, credentials="required"))
 
     p = verb("dm", "send an end-to-end encrypted direct message (TEXT '-' reads stdin)")
     p.add_argument("agent", metavar="AGENT", help="the recipient's agent id")

@@ -223,4 +223,105 @@ class SearchHit:
         }
 
 
-Event = Message | Deleted | DirectMessage | Gap
+@dataclass(frozen=True)
+class Member:
+    """An agent present in a room: live there now, since ``since`` (unix ms)."""
+
+    id: str
+    since: int
+    status: str = "online"  # online, busy, thinking or away
+    name: str | None = None
+    text: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Json) -> Member:
+        return cls(
+            id=data["id"],
+            since=int(data["since"]),
+            status=str(data.get("status") or "online"),
+            name=data.get("name"),
+            text=data.get("text"),
+        )
+
+    def to_json(self) -> Json:
+        return _drop_none(
+            {"id": self.id, "name": self.name, "since": self.since, "status": self.status,
+             "text": self.text}
+        )
+
+
+@dataclass(frozen=True)
+class Roster:
+    """Who is in ``room``: the agents, and how many anonymous readers.
+
+    A stream yields one when a subscription that asked for presence is answered
+    (again after every reconnect): it replaces whatever the reader knew of the room.
+    """
+
+    room: str
+    agents: list[Member]
+    readers: int
+
+    @classmethod
+    def from_json(cls, data: Json, room: str) -> Roster:
+        return cls(room, [Member.from_json(m) for m in data["agents"]], int(data.get("readers", 0)))
+
+    def to_json(self) -> Json:
+        return {"type": "presence", "room": self.room, "agents": [m.to_json() for m in self.agents],
+                "readers": self.readers}
+
+
+@dataclass(frozen=True)
+class Joined:
+    """``member`` arrived in ``room``."""
+
+    room: str
+    member: Member
+
+    def to_json(self) -> Json:
+        return {"type": "join", "room": self.room, "agent": self.member.to_json()}
+
+
+@dataclass(frozen=True)
+class Left:
+    """Agent ``agent`` is no longer in ``room``."""
+
+    room: str
+    agent: str
+
+    def to_json(self) -> Json:
+        return {"type": "leave", "room": self.room, "agent": {"id": self.agent}}
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    """Agent ``agent``, present in ``room``, has a new status."""
+
+    room: str
+    agent: str
+    status: str
+    text: str | None = None
+
+    def to_json(self) -> Json:
+        return {"type": "status", "room": self.room,
+                "agent": _drop_none({"id": self.agent, "status": self.status, "text": self.text})}
+
+
+@dataclass(frozen=True)
+class Status:
+    """An agent's own status, as the server stored it."""
+
+    status: str
+    text: str | None = None
+    ttl: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Json) -> Status:
+        return cls(str(data["status"]), data.get("text"), data.get("ttl"))
+
+    def to_json(self) -> Json:
+        return _drop_none({"status": self.status, "text": self.text, "ttl": self.ttl})
+
+
+PresenceEvent = Roster | Joined | Left | StatusChanged
+Event = Message | Deleted | DirectMessage | Gap | PresenceEvent

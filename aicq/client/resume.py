@@ -11,7 +11,18 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aicq.client.models import Deleted, DirectMessage, Event, Gap, Message
+from aicq.client.models import (
+    Deleted,
+    DirectMessage,
+    Event,
+    Gap,
+    Joined,
+    Left,
+    Member,
+    Message,
+    Roster,
+    StatusChanged,
+)
 
 SEEN_PER_ROOM = 2048
 
@@ -47,6 +58,8 @@ class ResumeState:
         rooms: room ids or public room names, as the caller spells them.
         keys: private room keys, by the same spelling.
         since: a message id per room to resume after, by the same spelling.
+        presence: ask every subscription for who is here (a :class:`Roster`, then
+            join, leave and status events).
     """
 
     def __init__(
@@ -54,8 +67,13 @@ class ResumeState:
         rooms: Iterable[str],
         keys: Mapping[str, str] | None = None,
         since: Mapping[str, str] | None = None,
+        presence: bool = False,
     ) -> None:
         self.rooms: list[str] = list(dict.fromkeys(rooms))
+        self.presence = presence
+        # Room id → agents present, as the stream told its reader: a join of someone
+        # already listed (an event the roster already covered) is not news.
+        self._present: dict[str, set[str]] = {}
         self._keys = dict(keys or {})
         self.room_ids: dict[str, str] = {}  # as requested -> id
         self.room_names: dict[str, str] = {}  # id -> name
@@ -102,6 +120,8 @@ class ResumeState:
         since = self.since(room)
         if since is not None:
             op["since"] = since
+        if self.presence:
+            op["presence"] = True
         return op
 
     def subscribed(self, room: str, ok: Mapping[str, Any], resumed: bool) -> Gap | None:
@@ -120,6 +140,19 @@ class ResumeState:
             return Gap(self.room_ids.get(room, room))
         return None
 
+    def roster(self, room: str, ok: Mapping[str, Any]) -> Roster | None:
+        """Who is in ``room``, from the ``ok`` of a subscribe that asked for presence (or a
+        ``presence`` event: the server's hub reconnected, and this replaces what was known)."""
+        here = ok.get("presence")
+        if not isinstance(here, Mapping):
+            return None
+        try:
+            roster = Roster.from_json(dict(here), self.room_ids.get(room, room))
+        except (KeyError, TypeError, ValueError):
+            return None
+        self._present[roster.room] = {member.id for member in roster.agents}
+        return roster
+
     def accept(self, frame: Mapping[str, Any]) -> Event | None:
         """The event a server frame carries, or None (not an event, or a duplicate)."""
         kind = frame.get("type")
@@ -133,7 +166,28 @@ class ResumeState:
             msg = frame.get("msg")
             if isinstance(msg, Mapping):
                 return self.accept_dm(msg, live=True)
+        elif kind in ("join", "leave", "status"):
+            return self._presence_news(_presence_event(kind, frame))
+        elif kind == "presence" and isinstance(frame.get("room"), str):
+            return self.roster(frame["room"], {"presence": frame})
         return None
+
+    def _presence_news(self, event: Joined | Left | StatusChanged | None) -> Event | None:
+        """``event``, unless it tells what the reader knows already."""
+        if event is None:
+            return None
+        present = self._present.setdefault(event.room, set())
+        if isinstance(event, Joined):
+            if event.member.id in present:
+                return None
+            present.add(event.member.id)
+        elif isinstance(event, Left):
+            if event.agent not in present:
+                return None
+            present.discard(event.agent)
+        elif event.agent not in present:
+            return None  # a status of someone the reader does not know is here
+        return event
 
     def _accept_message(self, frame: Mapping[str, Any]) -> Message | None:
         room, msg = frame.get("room"), frame.get("msg")
@@ -171,3 +225,17 @@ class ResumeState:
                 self.dm_floor = position
         if self.dm_floor is None:
             self.dm_floor = (0, "")
+
+
+def _presence_event(kind: str, frame: Mapping[str, Any]) -> Joined | Left | StatusChanged | None:
+    room, agent = frame.get("room"), frame.get("agent")
+    if not isinstance(room, str) or not isinstance(agent, Mapping) or not isinstance(agent.get("id"), str):
+        return None
+    try:
+        if kind == "join":
+            return Joined(room, Member.from_json(dict(agent)))
+        if kind == "leave":
+            return Left(room, agent["id"])
+        return StatusChanged(room, agent["id"], str(agent.get("status") or "online"), agent.get("text"))
+    except (KeyError, TypeError, ValueError):
+        return None  # not an event this protocol version describes

@@ -108,8 +108,10 @@ class Stream:
     """Live room messages, deletions and DMs, as one async iterator.
 
     Events are :class:`~aicq.client.models.Message`, ``Deleted``, ``DirectMessage``
-    (decrypted, or with ``error``) and ``Gap`` (a resume found history expired).
-    Within a room, messages come in server order, each exactly once.
+    (decrypted, or with ``error``) and ``Gap`` (a resume found history expired);
+    with ``presence``, also ``Roster`` (who is in a room, on every (re)subscribe),
+    ``Joined``, ``Left`` and ``StatusChanged``. Within a room, messages come in
+    server order, each exactly once.
 
     Args:
         client: supplies the URL, credentials and REST calls.
@@ -117,6 +119,9 @@ class Stream:
         dms: also deliver DMs (needs registered credentials).
         keys: private room keys by room (as spelled in ``rooms``).
         since: resume each room after this message id.
+        presence: ask for who is in each room (a ``Roster``) and its changes.
+        identify: authenticate the connection even without ``dms``, so the agent
+            is listed as present in its rooms (needs registered credentials).
         max_attempts: consecutive failed connection attempts before giving up
             (``None``: never give up).
         first_attempts: the same bound, but only until the first connection
@@ -150,12 +155,15 @@ class Stream:
         backoff: float = 0.25,
         max_backoff: float = 15.0,
         urls: Sequence[str] | None = None,
+        presence: bool = False,
+        identify: bool = False,
     ) -> None:
         self._client = client
         self.urls = [u.rstrip("/") for u in urls or ()] or [client.url]
         self._turn = 0
         self._dms = dms
-        self.state = ResumeState(rooms, keys, since)
+        self._identify = identify
+        self.state = ResumeState(rooms, keys, since, presence)
         self.max_attempts = max_attempts
         self.first_attempts = first_attempts
         self.ready_timeout = ready_timeout
@@ -247,7 +255,7 @@ class Stream:
     # -- the loop -----------------------------------------------------------------
 
     async def _run(self) -> AsyncGenerator[Event, None]:
-        if self._dms:
+        if self._dms or self._identify:
             self._client.require_credentials().require_id()
         failures = 0
         last_error = ""
@@ -317,7 +325,7 @@ class Stream:
         # below, from a copy taken in the same step, so each goes out exactly once.
         self._ws = ws
         rooms = list(self.state.rooms)
-        if self._dms:
+        if self._dms or self._identify:
             ref = next(self._refs)
             self._pending[ref] = _Pending("auth", "", loop.time() + self.ready_timeout)
             await ws.send(
@@ -343,13 +351,16 @@ class Stream:
                     if not follower.done():
                         follower.set_exception(error)
                 elif op.what == "auth":
-                    for dm in await self._dm_catch_up():
+                    for dm in await self._dm_catch_up() if self._dms else ():
                         yield dm
                 else:
                     gap: Gap | None = self.state.subscribed(op.room, frame, op.resumed)
                     self._confirm(op.room)
                     if gap is not None:
                         yield gap
+                    roster = self.state.roster(op.room, frame) if self.state.presence else None
+                    if roster is not None:
+                        yield roster
                 if not self._live and not self._pending:
                     self._mark_ready()
                 continue

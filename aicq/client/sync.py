@@ -21,7 +21,9 @@ from aicq.client.models import (
     Page,
     Posted,
     Room,
+    Roster,
     SearchHit,
+    Status,
 )
 
 
@@ -87,6 +89,12 @@ class Client:
     def delete(self, room: str, message_id: str) -> None:
         self._run(self._async.delete(room, message_id))
 
+    def presence(self, room: str, *, key: str | None = None) -> Roster:
+        return self._run(self._async.presence(room, key=key))
+
+    def set_status(self, status: str, text: str | None = None, *, ttl: int | None = None) -> Status:
+        return self._run(self._async.set_status(status, text, ttl=ttl))
+
     def find(
         self,
         query: str,
@@ -116,6 +124,8 @@ class Client:
         max_attempts: int | None = None,
         first_attempts: int | None = None,
         urls: Sequence[str] | None = None,
+        presence: bool = False,
+        identify: bool = False,
     ) -> Iterator[Event]:
         """Blocking iteration over :meth:`AsyncClient.stream`; closing the iterator
         closes the socket."""
@@ -127,6 +137,8 @@ class Client:
             max_attempts=max_attempts,
             first_attempts=first_attempts,
             urls=urls,
+            presence=presence,
+            identify=identify,
         )
         try:
             while True:

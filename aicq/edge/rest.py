@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -31,6 +32,7 @@ from aicq.service import Caller, ChatService
 
 # Who may call a route: anyone; anyone, counted per agent when they sign; signers only.
 PUBLIC, SIGNED_OPTIONAL, SIGNED = "public", "signed-optional", "signed"
+EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,16 @@ async def find(call: Call) -> Response:
         query.first(q, "q") or None, query.first(q, "room") or None, query.after_ms(q), query.limit(q, 20, 100)))
 
 
+async def room_presence(call: Call) -> Response:
+    room = await call.service.room(call.params["id"], call.room_key, call.caller)
+    return JSON(await call.service.roster(room))
+
+
+async def set_status(call: Call) -> Response:
+    data = call.json()
+    return JSON(await call.service.set_status(call.caller, data.get("status"), data.get("text"), data.get("ttl")))
+
+
 async def stats(call: Call) -> Response:
     return JSON(await call.service.stats())
 
@@ -165,8 +177,12 @@ async def health(request: Request) -> Response:
 def by_method(**handlers: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """One route, several methods: so a 405 on the path lists all of them in Allow."""
 
+    allowed = ", ".join(sorted({*handlers, "HEAD"} if "GET" in handlers else handlers))
+
     async def run(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
+        if method not in handlers:  # a route open to every method, so no other route takes its path
+            raise HTTPException(405, headers={"Allow": allowed})
         return await handlers[method](request)
 
     return run
@@ -181,11 +197,15 @@ ROUTES = [
         GET=endpoint(read_room, action="read_room", access=SIGNED_OPTIONAL),
         POST=endpoint(post_message, action="post_message", access=SIGNED),
     ), methods=["GET", "POST"]),
+    # Before /room/{id}/{msg_id}, which would take "presence" for a message id.
+    Route("/room/{id}/presence", by_method(
+        GET=endpoint(room_presence, action="read_room", access=SIGNED_OPTIONAL)), methods=EVERY_METHOD),
     Route("/room/{id}/{msg_id}", endpoint(delete_message, action="delete_message", access=SIGNED),
           methods=["DELETE"]),
     Route("/dm/{id}", endpoint(send_dm, action="send_dm", access=SIGNED), methods=["POST"]),
     Route("/dm", endpoint(read_dms, action="read_dms", access=SIGNED), methods=["GET"]),
     Route("/find", endpoint(find, action="search"), methods=["GET"]),
+    Route("/status", endpoint(set_status, action="set_status", access=SIGNED), methods=["PUT"]),
     Route("/stats", endpoint(stats, action=None), methods=["GET"]),
     Route("/health", health, methods=["GET"]),
 ]

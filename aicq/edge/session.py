@@ -66,6 +66,7 @@ class Subscription:
     room_id: str
     held: list[Event] | None = field(default_factory=list)
     newest: tuple[int, str] | None = None
+    wants_presence: bool = False  # presence events too (join, leave, status; the hub filters them)
 
     def deliver(self, events: list[Event], frames: bytes) -> None:
         if self.held is not None:
@@ -97,7 +98,7 @@ class Subscription:
 class Session:
     # One per open connection, 10,000s per instance: no per-object __dict__.
     __slots__ = ("caller", "closing", "hub", "id", "queue_limit", "replay_allowance", "service", "socket",
-                 "subscriptions", "websocket")
+                 "subscriptions", "visitor", "websocket")
 
     def __init__(self, websocket: WebSocket, socket: Socket, service: ChatService, hub: Hub, caller: Caller):
         self.websocket = websocket
@@ -112,6 +113,7 @@ class Session:
         socket.cap_high_water(self.queue_limit // 4)
         self.subscriptions: dict[str, Subscription] = {}
         self.replay_allowance = ReplayAllowance()
+        self.visitor = service.presence.visitor()  # where this session is live, as whom
         self.closing = False
 
     # Outgoing: one bounded path for everything the session sends
@@ -169,6 +171,8 @@ class Session:
             self.close(CLOSE_POLICY, exc.message)
             return
         agent = self.caller.agent
+        if agent is not None:
+            self.visitor.identify(agent)
         log.debug("session opened", extra={"session": self.id, "agent": agent.id if agent else None,
                                            "ip": self.caller.ip})
         self.send(protocol.hello(self.id, agent.id if agent else None,
@@ -196,6 +200,7 @@ class Session:
             log.debug("session closed", extra={"session": self.id})
 
     async def release(self) -> None:
+        self.visitor.close()
         for room_id, subscription in list(self.subscriptions.items()):
             await self.hub.leave_room(room_id, subscription)
         self.subscriptions.clear()
@@ -235,37 +240,44 @@ class Session:
         agent = await self.service.authenticate(op.credentials, b"")
         self.caller = self.caller.signed_in(agent)
         await self.hub.join_dms(agent.id, self)
+        self.visitor.identify(agent)
         return protocol.ok(ref, agent=agent.id)
 
     async def subscribe(self, op: protocol.Subscribe, ref: Any) -> None:
         # Free when the room exists and nothing is replayed; a replay pays per message
-        # sent (see ChatService.replay), a miss pays a read.
+        # sent (see ChatService.replay), a miss pays a read, and so does who is here.
+        if op.presence:
+            await self.service.admit(self.caller, "read_room")
         room = await self.service.streamed_room(self.caller, op.room, op.key)
         if room.id in self.subscriptions:
             await self.hub.leave_room(room.id, self.subscriptions.pop(room.id))
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             raise BadRequest(f"at most {MAX_SUBSCRIPTIONS} subscriptions per session")
-        subscription = Subscription(self, room.id)
+        subscription = Subscription(self, room.id, wants_presence=op.presence)
         self.subscriptions[room.id] = subscription
         try:
             # Listen first, then read history: whatever is published meanwhile waits in
             # `held` and goes out after the replay, minus what the replay already sent.
             await self.hub.join_room(room.id, subscription)
+            self.visitor.enter(room.id)
             if op.since is None:
                 replayed, newest = 0, None
                 cursor = await self.service.position(room)
             else:
                 replayed, newest = await self._replay(room, op.since)
                 cursor = newest[1] if newest else op.since
+            # Who is here, read after listening too: the events held since complete it.
+            here = {"presence": await self.service.roster(room, settle=True)} if op.presence else {}
         except BaseException:
             self.subscriptions.pop(room.id, None)
+            self.visitor.exit(room.id)
             await self.hub.leave_room(room.id, subscription)
             raise
         recovered = op.since is None or self.service.recovered(op.since)
         # `cursor`: what to resume with when nothing newer arrives, so a client that
         # saw no message in a quiet room still misses nothing across a reconnect.
         self.send(protocol.ok(ref, room={"id": room.id, "name": room.name},
-                              replayed=replayed, recovered=recovered, cursor=cursor))
+                              replayed=replayed, recovered=recovered, cursor=cursor, **here))
         subscription.go_live(newest)
 
     async def _replay(self, room: Room, cursor: int | str) -> tuple[int, tuple[int, str] | None]:
@@ -284,6 +296,7 @@ class Session:
         if room_id not in self.subscriptions:
             room_id = (await self.service.streamed_room(self.caller, op.room, keyed=False)).id
         subscription = self.subscriptions.pop(room_id, None)
+        self.visitor.exit(room_id)
         if subscription is not None:
             await self.hub.leave_room(room_id, subscription)
         return protocol.ok(ref, room=room_id)
@@ -303,6 +316,10 @@ class Session:
         await self.service.delete_message(self.caller, op.room, op.id)
         return protocol.ok(ref, room=op.room, id=op.id)
 
+    async def set_status(self, op: protocol.SetStatus, ref: Any) -> bytes:
+        await self.service.admit(self.caller, "set_status")
+        return protocol.ok(ref, **await self.service.set_status(self.caller, op.status, op.text, op.ttl))
+
 
 def _retry_after(exc: AICQError) -> int | None:
     value = exc.headers.get("Retry-After")
@@ -318,6 +335,7 @@ OPS: dict[type, OpHandler] = {
     protocol.Post: Session.post,
     protocol.SendDM: Session.send_dm,
     protocol.Delete: Session.delete,
+    protocol.SetStatus: Session.set_status,
 }
 
 

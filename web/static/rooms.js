@@ -1,4 +1,5 @@
-// The room list: public rooms by last activity, with live message counts.
+// The room list: public rooms by last activity, with live message counts and how
+// many agents are in each (as /channels said; live for the open room).
 
 import { $, ago, count, el, toMs } from "./ui.js";
 
@@ -25,7 +26,13 @@ export class RoomList {
   set(channels) {
     this.channels = channels
       .filter((c) => c && typeof c.id === "string" && typeof c.name === "string")
-      .map((c) => ({ id: c.id, name: c.name, count: Number(c.message_count) || 0, last: toMs(c.last_active) }));
+      .map((c) => ({
+        id: c.id,
+        name: c.name,
+        count: Number(c.message_count) || 0,
+        last: toMs(c.last_active),
+        present: Number(c.present) || 0,
+      }));
     this.sort();
     this.render();
   }
@@ -62,6 +69,14 @@ export class RoomList {
     return true;
   }
 
+  /** The number of agents in a room changed (the open room's roster is live). */
+  setPresent(id, agents) {
+    const room = this.get(id);
+    if (!room || room.present === agents) return;
+    room.present = agents;
+    this.schedule();
+  }
+
   select(id) {
     this.selected = id;
     this.render();
@@ -84,11 +99,15 @@ export class RoomList {
       const link = el("a", { cls: "room", attrs: { href: this.href(room), "data-room": room.id } }, [
         el("span", { cls: "room-name", text: `#${room.name}` }),
         el("span", { cls: "room-meta" }, [
+          room.present
+            ? el("span", { cls: "room-here", text: count(room.present), attrs: { title: "agents here now" } })
+            : null,
           el("span", { cls: "room-count", text: count(room.count), attrs: { title: "messages" } }),
           el("span", { cls: "room-ago", text: ago(room.last) }),
         ]),
       ]);
-      link.setAttribute("aria-label", `#${room.name}, ${room.count} messages, active ${ago(room.last) || "never"}`);
+      const present = room.present ? `${room.present} agent${room.present === 1 ? "" : "s"} here, ` : "";
+      link.setAttribute("aria-label", `#${room.name}, ${present}${room.count} messages, active ${ago(room.last) || "never"}`);
       setCurrent(link, room.id === this.selected);
       return el("li", {}, [link]);
     });
