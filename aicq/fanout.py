@@ -39,6 +39,7 @@ class Event:
     """One event as every local listener receives it."""
 
     frame: bytes  # the serialised WebSocket frame, built once per instance
+    payload: bytes  # the event's JSON (the frame's payload): SSE data, long-poll answers
     kind: str  # "message", "deleted" or "dm"
     room: str | None
     id: str  # the message's (for "deleted": the deleted message's)
@@ -46,10 +47,17 @@ class Event:
     # A message's or DM's place in its channel's (ts, id) order; None for other
     # events. Computed once here: every subscriber compares it.
     key: tuple[int, str] | None = field(init=False, default=None)
+    # The Server-Sent Events encoding, built by the first SSE stream that needs it
+    # (edge/sse_wire.py) and shared by every other stream on this instance.
+    sse: bytes | None = field(init=False, default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind != "deleted" and self.ts is not None:
             object.__setattr__(self, "key", (self.ts, self.id))
+
+    @classmethod
+    def of(cls, payload: bytes, kind: str, room: str | None, id: str, ts: int | None) -> Event:
+        return cls(text_frame(payload), payload, kind, room, id, ts)
 
 
 class Listener(Protocol):
@@ -63,10 +71,10 @@ def parse_publication(data: bytes) -> tuple[float, Event] | None:
         body = orjson.loads(payload)
         kind = body["type"]
         if kind == "deleted":
-            event = Event(text_frame(payload), kind, body["room"], body["id"], None)
+            event = Event.of(payload, kind, body["room"], body["id"], None)
         else:
             msg = body["msg"]
-            event = Event(text_frame(payload), kind, body.get("room"), msg["id"], int(msg["ts"]))
+            event = Event.of(payload, kind, body.get("room"), msg["id"], int(msg["ts"]))
         return float(published), event
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         log.warning("ignored a malformed publication")
@@ -82,11 +90,11 @@ async def _close_quietly(pubsub: aioredis.client.PubSub | None) -> None:
 
 
 def message_event(message: Message) -> Event:
-    return Event(text_frame(protocol.message_event(message)), "message", message.room_id, message.id, message.ts)
+    return Event.of(protocol.message_event(message), "message", message.room_id, message.id, message.ts)
 
 
 def dm_event(dm: DirectMessage) -> Event:
-    return Event(text_frame(protocol.dm_event(dm)), "dm", None, dm.id, dm.ts)
+    return Event.of(protocol.dm_event(dm), "dm", None, dm.id, dm.ts)
 
 
 class Hub:

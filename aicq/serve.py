@@ -64,6 +64,7 @@ def run() -> None:
             create_app(settings),
             host=settings.host,
             port=settings.port,
+            http="aicq.edge.httpserver:AICQHttpProtocol",
             ws="aicq.edge.wsserver:AICQWebSocketProtocol",
             ws_max_size=protocol.MAX_FRAME_BYTES,
             ws_per_message_deflate=False,

@@ -360,9 +360,32 @@ class ChatService:
         cursor_ms = cursor if isinstance(cursor, int) else validation.ulid_ms(cursor)
         return cursor_ms >= self.history.cutoff()
 
-    def replay(self, room: Room, cursor: int | str) -> AsyncIterator[list[Message]]:
+    def replay(self, room: Room, cursor: int | str, page_size: int = REPLAY_PAGE) -> AsyncIterator[list[Message]]:
         """Pages of every retained message of ``room`` after ``cursor``, oldest first."""
-        return self.history.pages_after(room.id, cursor, REPLAY_PAGE)
+        return self.history.pages_after(room.id, cursor, page_size)
+
+    async def replay_dms(self, agent_id: str, since_ms: int, page_size: int = REPLAY_PAGE,
+                         ) -> AsyncIterator[list[DirectMessage]]:
+        """Pages of every retained DM to ``agent_id`` from ``since_ms`` on (inclusive),
+        oldest first."""
+        cursor: tuple[int, str] | int = since_ms
+        while True:
+            page = await self.history.dms_after(agent_id, cursor, page_size)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            cursor = (page[-1].ts, page[-1].id)
+
+    async def messages_after(self, room: Room, cursor: int | str, limit: int) -> list[Message]:
+        """Up to ``limit`` retained messages of ``room`` after ``cursor``, oldest first."""
+        return await self.history.after(room.id, cursor, limit)
+
+    async def dms_after(self, caller: Caller, cursor: tuple[int, str] | int, limit: int) -> list[DirectMessage]:
+        """Up to ``limit`` of the caller's DMs after ``cursor`` ((ts, id), or unix ms
+        inclusive), oldest first."""
+        agent = caller.require_agent()
+        return await self.history.dms_after(agent.id, cursor, limit)
 
 
 def _ms(started: float) -> str:

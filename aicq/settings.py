@@ -38,6 +38,7 @@ class Settings:
     client_ip_header: str | None = None
     ws_queue_bytes: int = 1 << 20
     ws_heartbeat: float = 20.0
+    sse_heartbeat: float = 15.0  # a comment line this often keeps proxies from closing an idle stream
     shutdown_timeout: float = 25.0
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
@@ -109,6 +110,7 @@ class Settings:
             client_ip_header=header.lower() if header else None,
             ws_queue_bytes=_int(get("WS_QUEUE_BYTES"), "WS_QUEUE_BYTES", 1 << 20, 16 << 10, 1 << 30),
             ws_heartbeat=float(_int(get("WS_HEARTBEAT"), "WS_HEARTBEAT", 20, 1, 3600)),
+            sse_heartbeat=float(_int(get("SSE_HEARTBEAT"), "SSE_HEARTBEAT", 15, 1, 3600)),
             instance=get("FLY_ALLOC_ID") or uuid.uuid4().hex[:12],
         )
 

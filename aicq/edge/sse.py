@@ -1,0 +1,198 @@
+"""``GET /events``: live rooms and DMs as Server-Sent Events, for clients without a WebSocket.
+
+The request is admitted like a REST call (blocked IPs, signature, budgets), then
+answered with a stream (``sse_stream.Stream``) that never ends by itself:
+
+- ``rooms``: room UUIDs or public room names, comma-separated (at most 100);
+  ``dms=1`` adds the caller's DMs, which needs a signed request (as ``GET /dm``).
+- Resume: ``Last-Event-ID`` (sent by browsers' ``EventSource`` on their own), else
+  ``since``: history after it, then live. A resuming stream spends the budgets a
+  WebSocket resume spends: ``read_room`` per room, and ``read_dms`` for the DMs.
+- Private rooms: ``X-AICQ-Room-Key``. With one room, the header is its key, as for
+  ``GET /room/{id}``. With several, it lists ``<room>=<key>`` pairs, comma-separated
+  (one header, or one header per room), ``<room>`` spelled as in ``rooms`` and the
+  key percent-encoded (RFC 3986) so that commas and ``=`` in keys survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from urllib.parse import unquote
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from aicq import auth, metrics
+from aicq.edge import httpserver, query, sse_wire
+from aicq.edge.request import ROOM_KEY_HEADER, error_response
+from aicq.edge.rest import SIGNED_OPTIONAL, Call, endpoint
+from aicq.edge.session import MAX_SUBSCRIPTIONS
+from aicq.edge.sse_stream import Stream
+from aicq.edge.sse_wire import Cursor
+from aicq.edge.wsserver import CLOSE_DEADLINE_S
+from aicq.errors import AICQError, BadRequest, Unauthorized, Unavailable
+from aicq.limits import Quota
+from aicq.models import Room
+from aicq.service import Caller
+
+log = logging.getLogger("aicq.sse")
+
+MAX_ROOMS = MAX_SUBSCRIPTIONS  # as many as one WebSocket session may follow
+# EventSource waits this long before reconnecting; spread, so that the readers of an
+# instance that restarts do not all come back in the same instant.
+RETRY_MS = (1000, 3000)
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def room_refs(request: Request) -> list[str]:
+    """The rooms asked for, as spelled, without blanks and repeats; 400 past MAX_ROOMS."""
+    parts = ",".join(request.query_params.getlist("rooms")).split(",")
+    if len(parts) > MAX_ROOMS:
+        raise BadRequest(f"at most {MAX_ROOMS} rooms per stream")
+    return list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+
+
+def wants_dms(request: Request) -> bool:
+    value = query.first(request.query_params, "dms").lower()
+    if value in ("", "0", "false"):
+        return False
+    if value in ("1", "true"):
+        return True
+    raise BadRequest("dms must be 1 or 0 (true or false)")
+
+
+def resume_cursor(request: Request) -> Cursor | None:
+    """``Last-Event-ID`` (a reconnecting EventSource's), else ``since``; None: live only."""
+    last = request.headers.get("last-event-id", "").strip()
+    if last:
+        return sse_wire.parse_cursor(last, "Last-Event-ID")
+    since = query.first(request.query_params, "since").strip()
+    return sse_wire.parse_cursor(since, "since") if since else None
+
+
+def room_keys(request: Request, refs: list[str]) -> dict[str, str]:
+    """The private-room keys sent, by room as spelled in ``rooms``."""
+    values = request.headers.getlist(ROOM_KEY_HEADER)
+    if not values:
+        return {}
+    if len(refs) == 1:
+        return {refs[0]: values[0]}
+    keys: dict[str, str] = {}
+    for item in ",".join(values).split(","):
+        room, sep, key = item.strip().partition("=")
+        if not item.strip():
+            continue
+        if not sep or not key:
+            raise BadRequest(f"with several rooms, {ROOM_KEY_HEADER} lists <room>=<percent-encoded key> "
+                             "pairs, comma-separated")
+        if room not in refs:
+            raise BadRequest(f"{ROOM_KEY_HEADER} names a room that is not in rooms: {room[:60]}")
+        keys[room] = unquote(key)
+    return keys
+
+
+async def signed_caller(call: Call) -> Caller:
+    """The caller, who must have signed: the precise 401 when they did not."""
+    if call.caller.agent is not None:
+        return call.caller
+    creds = auth.from_headers(call.request.headers)
+    if creds is None:
+        raise Unauthorized("dms=1 needs a signed request (the X-AICQ-* headers)")
+    return call.caller.signed_in(await call.service.authenticate(creds, call.body))
+
+
+async def events(call: Call) -> Response:
+    request, service = call.request, call.service
+    refs = room_refs(request)
+    dms = wants_dms(request)
+    if not refs and not dms:
+        raise BadRequest("name at least one room in rooms (ids or public names, comma-separated), or dms=1")
+    cursor = resume_cursor(request)
+    keys = room_keys(request, refs)
+    caller = await signed_caller(call) if dms else call.caller
+    rooms: dict[str, Room] = {}
+    for ref in refs:
+        try:
+            room = await service.room(ref, keys.get(ref))
+        except AICQError as exc:
+            exc.message = f"{exc.message}: {ref[:60]}"
+            raise
+        rooms.setdefault(room.id, room)
+    quota: Quota | None = None
+    if cursor is not None:  # a resume reads history, and costs what reading it costs
+        for _ in rooms:
+            quota = await service.admit(caller, "read_room")
+        if dms:
+            quota = await service.admit(caller, "read_dms")
+    headers = {**HEADERS, **(quota.headers() if quota else {})}
+    if request.method == "HEAD":
+        return Response(status_code=200, media_type="text/event-stream", headers=headers)
+    agent_id = caller.agent.id if dms and caller.agent else None
+    return EventStreamResponse(list(rooms.values()), agent_id, cursor, headers)
+
+
+class EventStreamResponse(Response):
+    """The stream itself, run when Starlette sends the response."""
+
+    def __init__(self, rooms: list[Room], agent_id: str | None, cursor: Cursor | None,
+                 headers: dict[str, str]):
+        self.status_code = 200
+        self.background = None
+        self.rooms, self.agent_id, self.cursor = rooms, agent_id, cursor
+        # No Content-Length: uvicorn then sends the body chunked, as HttpConnection expects.
+        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
+            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = scope["app"]
+        connection = httpserver.connection(scope)
+        if connection is None:  # served by something other than `aicq serve`: refuse, loudly
+            log.error("/events needs aicq.edge.httpserver.AICQHttpProtocol (uvicorn --http)")
+            await error_response(Unavailable("event streams are not available on this server"))(
+                scope, receive, send)
+            return
+        stream = Stream(connection, app.state.service, app.state.hub, self.rooms, self.agent_id, self.cursor)
+        # ── Per-IP live-connection slot (edge/connections.py, landing in parallel) ──
+        # Acquire it here, before the stream joins the hub, and answer a refusal like
+        # any AICQError (nothing has been sent yet); release it in the `finally` below.
+        try:
+            await stream.join()
+        except AICQError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        metrics.SSE_STREAMS.inc()
+        reason: str | None = None
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": b"retry: %d\n\n" % random.randint(*RETRY_MS),
+                        "more_body": True})
+            reason = await stream.run()
+        finally:
+            metrics.SSE_STREAMS.dec()
+            await stream.leave()
+            # (release the live-connection slot here)
+        await _finish(connection, send, reason)
+
+
+async def _finish(connection: httpserver.HttpConnection, send: Send, reason: str | None) -> None:
+    """End the response: the last chunk when the peer can still take it, else let the
+    disconnect reach uvicorn before returning."""
+    if reason != httpserver.LOST and connection.open:
+        connection.offer(Stream.goodbye(reason), 1 << 20)
+        try:
+            await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}),
+                                   CLOSE_DEADLINE_S)
+            return
+        except TimeoutError:
+            connection.abort()
+    try:
+        await asyncio.wait_for(connection.ended(), CLOSE_DEADLINE_S)
+    except TimeoutError:
+        connection.abort()
+
+
+ROUTES = [Route("/events", endpoint(events, action=None, access=SIGNED_OPTIONAL), methods=["GET"])]
