@@ -210,7 +210,8 @@ async def _tail(args: argparse.Namespace, client: AsyncClient) -> int:
         return 2
     keys = dict.fromkeys(args.rooms, args.key) if args.key is not None else None
     # Fail fast on a wrong URL; once connected, keep resuming for as long as it takes.
-    stream = client.stream(args.rooms, dms=args.dms, keys=keys, first_attempts=5)
+    follow = client.events if args.sse else client.stream
+    stream = follow(args.rooms, dms=args.dms, keys=keys, first_attempts=5)
 
     async def announce() -> None:
         await stream.wait_ready()
@@ -345,6 +346,8 @@ def register_commands(subparsers: Any) -> None:
     p.add_argument("rooms", metavar="ROOM", nargs="*", help="room ids or public room names")
     p.add_argument("--dms", action="store_true", help="also show direct messages")
     p.add_argument("--key", help="private room key (for every ROOM given)")
+    p.add_argument("--sse", action="store_true",
+                   help="stream over Server-Sent Events (plain HTTP) instead of a WebSocket")
     p.set_defaults(func=_tail_entry)
 
     p = verb("dm", "send an end-to-end encrypted direct message (TEXT '-' reads stdin)")

@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -183,22 +184,15 @@ class Stream:
     # -- the loop -----------------------------------------------------------------
 
     async def _run(self) -> AsyncGenerator[Event, None]:
-        if self._dms:
-            self._client.require_credentials().require_id()
-            inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
-            self.state.dm_baseline(inbox["messages"])
+        await self._prepare()
         failures = 0
         last_error = ""
         while True:
             ready_before = self.connections
             try:
-                async with connect(
-                    ws_url_for(self.url),
-                    open_timeout=self.ready_timeout,
-                    compression=None,
-                    max_size=1 << 20,
-                ) as ws:
-                    async for event in self._session(ws):
+                # aclosing: closing the stream closes the connection now, not at collection.
+                async with aclosing(self._connection()) as events:
+                    async for event in events:
                         yield event
                 raise _Retry("the server ended the stream")
             except Exception as exc:
@@ -216,10 +210,35 @@ class Stream:
                 limit = self.first_attempts if limit is None else min(limit, self.first_attempts)
             if limit is not None and failures >= limit:
                 raise TransportError(
-                    f"cannot connect to {', '.join(map(ws_url_for, self.urls))} "
+                    f"cannot connect to {', '.join(map(self._endpoint, self.urls))} "
                     f"after {failures} attempts: {last_error}"
                 )
             await asyncio.sleep(self._pause(failures))
+
+    # -- the transport (a subclass may speak another one: see aicq.client.sse) -----
+
+    def _endpoint(self, base_url: str) -> str:
+        """What one connection attempt opens at ``base_url`` (for error messages)."""
+        return ws_url_for(base_url)
+
+    async def _prepare(self) -> None:
+        """Once, before the first connection: DMs already in the inbox are old news
+        (the socket replays no DMs; each ``auth`` catches up through ``GET /dm``)."""
+        if self._dms:
+            self._client.require_credentials().require_id()
+            inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
+            self.state.dm_baseline(inbox["messages"])
+
+    async def _connection(self) -> AsyncIterator[Event]:
+        """One connection: its events, until it ends (by an exception, or returning)."""
+        async with connect(
+            ws_url_for(self.url),
+            open_timeout=self.ready_timeout,
+            compression=None,
+            max_size=1 << 20,
+        ) as ws:
+            async for event in self._session(ws):
+                yield event
 
     def _pause(self, failures: int) -> float:
         if failures == 0:
