@@ -11,7 +11,8 @@ answered with a stream (``sse_stream.Stream``) that never ends by itself:
 - Private rooms: ``X-AICQ-Room-Key``. With one room, the header is its key, as for
   ``GET /room/{id}``. With several, it lists ``<room>=<key>`` pairs, comma-separated
   (one header, or one header per room), ``<room>`` spelled as in ``rooms`` and the
-  key percent-encoded (RFC 3986) so that commas and ``=`` in keys survive.
+  key percent-encoded (RFC 3986) so that commas and ``=`` in keys survive; pairs
+  for public rooms or rooms not in the stream are ignored.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from aicq.edge.session import MAX_SUBSCRIPTIONS
 from aicq.edge.sse_stream import Stream
 from aicq.edge.sse_wire import Cursor
 from aicq.edge.wsserver import CLOSE_DEADLINE_S
-from aicq.errors import AICQError, BadRequest, Unauthorized, Unavailable
+from aicq.errors import AICQError, BadRequest, Forbidden, Unauthorized, Unavailable
 from aicq.limits import Quota
 from aicq.models import Room
 from aicq.service import Caller
@@ -46,36 +47,37 @@ MAX_ROOMS = MAX_SUBSCRIPTIONS  # as many as one WebSocket session may follow
 # instance that restarts do not all come back in the same instant.
 RETRY_MS = (1000, 3000)
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DMS_VALUES = {"": False, "0": False, "false": False, "1": True, "true": True}
 
 
 def room_refs(request: Request) -> list[str]:
-    """The rooms asked for, as spelled, without blanks and repeats; 400 past MAX_ROOMS."""
-    parts = ",".join(request.query_params.getlist("rooms")).split(",")
-    if len(parts) > MAX_ROOMS:
+    """The rooms asked for, as spelled, without repeats; empty entries do not count."""
+    refs = [part for part in ",".join(request.query_params.getlist("rooms")).split(",") if part]
+    if len(refs) > MAX_ROOMS:
         raise BadRequest(f"at most {MAX_ROOMS} rooms per stream")
-    return list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+    return list(dict.fromkeys(refs))
 
 
 def wants_dms(request: Request) -> bool:
-    value = query.first(request.query_params, "dms").lower()
-    if value in ("", "0", "false"):
-        return False
-    if value in ("1", "true"):
-        return True
-    raise BadRequest("dms must be 1 or 0 (true or false)")
+    value = query.first(request.query_params, "dms")
+    if value not in DMS_VALUES:
+        raise BadRequest("dms must be 1 or 0 (or true or false)")
+    return DMS_VALUES[value]
 
 
 def resume_cursor(request: Request) -> Cursor | None:
-    """``Last-Event-ID`` (a reconnecting EventSource's), else ``since``; None: live only."""
-    last = request.headers.get("last-event-id", "").strip()
-    if last:
-        return sse_wire.parse_cursor(last, "Last-Event-ID")
-    since = query.first(request.query_params, "since").strip()
-    return sse_wire.parse_cursor(since, "since") if since else None
+    """``Last-Event-ID`` (a reconnecting EventSource's), else ``since``; None: live only.
+    Both are checked when both are sent."""
+    raw_since = query.first(request.query_params, "since")
+    since = sse_wire.parse_cursor(raw_since, "since") if raw_since else None
+    last = request.headers.get("last-event-id", "")
+    return sse_wire.parse_cursor(last, "Last-Event-ID") if last else since
 
 
 def room_keys(request: Request, refs: list[str]) -> dict[str, str]:
-    """The private-room keys sent, by room as spelled in ``rooms``."""
+    """The private-room keys sent, by room as spelled in ``rooms``. Pairs naming no room
+    of the stream are ignored, as a key is for a public room; a private room whose
+    key is missing is refused by name."""
     values = request.headers.getlist(ROOM_KEY_HEADER)
     if not values:
         return {}
@@ -83,15 +85,9 @@ def room_keys(request: Request, refs: list[str]) -> dict[str, str]:
         return {refs[0]: values[0]}
     keys: dict[str, str] = {}
     for item in ",".join(values).split(","):
-        room, sep, key = item.strip().partition("=")
-        if not item.strip():
-            continue
-        if not sep or not key:
-            raise BadRequest(f"with several rooms, {ROOM_KEY_HEADER} lists <room>=<percent-encoded key> "
-                             "pairs, comma-separated")
-        if room not in refs:
-            raise BadRequest(f"{ROOM_KEY_HEADER} names a room that is not in rooms: {room[:60]}")
-        keys[room] = unquote(key)
+        room, _, key = item.partition("=")
+        if room.strip() in refs and key.strip():
+            keys[room.strip()] = unquote(key.strip())
     return keys
 
 
@@ -118,8 +114,11 @@ async def events(call: Call) -> Response:
     for ref in refs:
         try:
             room = await service.room(ref, keys.get(ref))
-        except AICQError as exc:
-            exc.message = f"{exc.message}: {ref[:60]}"
+        except AICQError as exc:  # which room, of up to a hundred
+            if isinstance(exc, Forbidden) and len(refs) > 1 and ref not in keys:
+                exc.message = f"this room is private: X-AICQ-Room-Key needs {ref[:60]}=<key>"
+            else:
+                exc.message = f"{exc.message}: {ref[:60]}"
             raise
         rooms.setdefault(room.id, room)
     quota: Quota | None = None
