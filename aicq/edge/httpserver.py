@@ -22,6 +22,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from aicq.edge.wsserver import Flag
+
 EXTENSION = "aicq.http"
 SHUTDOWN, LOST = "shutdown", "lost"
 
@@ -102,15 +104,26 @@ class HttpConnection:
 
 
 class AICQHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; each request's scope carries its HttpConnection."""
+    """uvicorn's httptools protocol; each request's scope carries its HttpConnection.
+
+    Event streams hold their connection for hours, thousands at a time: the two
+    asyncio.Events uvicorn keeps per connection (and per request) are replaced by
+    the lighter ``Flag`` the WebSocket protocol uses (each asyncio.Event allocates a
+    760-byte deque up front)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.current: HttpConnection | None = None
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.flow._is_writable_event = Flag()  # type: ignore[assignment]
+        self.flow._is_writable_event.set()
+
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         if self.scope.get("path") is not None:  # not a WebSocket upgrade: an HTTP request
+            self.cycle.message_event = Flag()  # type: ignore[assignment]  # its task has not run yet
             self.current = HttpConnection(self)
             self.scope["extensions"] = {EXTENSION: self.current}  # type: ignore[typeddict-unknown-key]
 

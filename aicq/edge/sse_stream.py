@@ -48,6 +48,7 @@ DM_SKEW_MS = 60_000
 # before its first message misses nothing published meanwhile, whatever the clocks.
 START_MARGIN_MS = 1000
 PING = sse_wire.comment("ping")
+_EMPTY: deque[Event] = deque(maxlen=0)  # what a live source holds: nothing, and no room for it
 
 
 @dataclass(eq=False, slots=True)
@@ -55,11 +56,16 @@ class Source:
     """A room (``room`` set) or the caller's DMs, as one stream follows it."""
 
     room: Room | None
+    # During catch-up only (then dropped: thousands of streams idle for hours):
     held: deque[Event] = field(default_factory=deque)  # live events waiting for catch-up
     replay: AsyncIterator[list[Event]] | None = None  # history still to read
     buffer: deque[Event] = field(default_factory=deque)  # history read, not yet sent
-    newest: Key | None = None  # the newest message sent (rooms: live order is key order)
     replayed_ids: set[str] = field(default_factory=set)  # DMs: recent ones replayed
+    newest: Key | None = None  # the newest message sent (rooms: live order is key order)
+
+    def live(self) -> None:
+        """Catch-up is over: drop what only it needed (DMs keep the replayed ids)."""
+        self.held = self.buffer = _EMPTY
 
     def head(self) -> Event | None:
         """The next event this source would send during catch-up: its history first."""
@@ -85,7 +91,7 @@ class Source:
 class Stream:
     """One open ``GET /events``: a hub listener writing to one connection."""
 
-    __slots__ = ("agent_id", "catching_up", "closing", "connection", "cursor", "heartbeat", "hub",
+    __slots__ = ("agent_id", "beat", "catching_up", "closing", "connection", "cursor", "heartbeat", "hub",
                  "joined_ms", "limit", "ordered", "pending", "service", "sources", "stamp",
                  "stamped_any", "_by_room", "_dms")
 
@@ -110,6 +116,7 @@ class Stream:
         self.catching_up = True
         self.closing = False
         self.joined_ms = 0
+        self.beat: asyncio.TimerHandle | None = None
         self.limit = service.settings.ws_queue_bytes
         self.heartbeat = service.settings.sse_heartbeat
         # History waits for the buffer to drop below its high-water mark: keep that
@@ -252,6 +259,8 @@ class Stream:
             if best is None:
                 # History is done and nothing is held: live from here, in this same step.
                 self.catching_up = False
+                for source in self.sources:
+                    source.live()
                 return replayed
             event, from_history = best.take()
             if from_history:
@@ -298,12 +307,17 @@ class Stream:
         if self.closing or self.connection.reason is not None:
             return self.connection.reason
         self.push(self.ready(replayed))
-        while not self.closing:
-            try:
-                return await asyncio.wait_for(self.connection.ended(), self.heartbeat)
-            except TimeoutError:
-                self.push(PING)
-        return None
+        # A timer, not a task waiting with a timeout: thousands of streams idle here.
+        self.beat = asyncio.get_running_loop().call_later(self.heartbeat, self._ping)
+        try:
+            return await self.connection.ended()
+        finally:
+            self.beat.cancel()
+
+    def _ping(self) -> None:
+        if not self.closing:
+            self.push(PING)
+            self.beat = asyncio.get_running_loop().call_later(self.heartbeat, self._ping)
 
     @staticmethod
     def goodbye(reason: str | None) -> bytes:
