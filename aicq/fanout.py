@@ -30,6 +30,10 @@ from aicq.protocol import text_frame
 log = logging.getLogger("aicq.fanout")
 
 CONFIRM_TIMEOUT_S = 5.0
+# A channel stays subscribed this long after its last listener left: long-poll
+# clients leave and come back with every message, and should not cost a SUBSCRIBE
+# and an UNSUBSCRIBE each time (nor lose what ``newest`` knows).
+LINGER_S = 30.0
 MAX_BATCH = 256
 BACKFILL_PAGE = 500
 
@@ -113,6 +117,8 @@ class Hub:
         self._held: dict[str, list[tuple[float | None, Event]]] | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._lingering: dict[str, asyncio.TimerHandle] = {}  # channels without listeners, for now
+        self._expiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._redis = rediskit.connect(self._url)
@@ -121,6 +127,11 @@ class Hub:
         self._task = asyncio.create_task(self._read_forever(), name="aicq-hub")
 
     async def stop(self) -> None:
+        for timer in self._lingering.values():
+            timer.cancel()
+        self._lingering.clear()
+        for task in list(self._expiring):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -146,12 +157,23 @@ class Hub:
     async def leave_dms(self, agent_id: str, listener: Listener) -> None:
         await self._leave(dm_channel(agent_id), listener)
 
+    def newest(self, room_id: str) -> tuple[int, str] | None:
+        """The newest message this hub has delivered on the room's channel since it
+        subscribed to it (None: none yet, or no listener). To a listener that has
+        joined, nothing newer exists in history that is not on its way to it: an
+        earlier message of the room sorts before this one, and a later one is
+        delivered to every listener present."""
+        return self._last_seen.get(room_channel(room_id))
+
     async def _join(self, channel: str, listener: Listener) -> None:
         """Add a listener; returns once Redis confirmed the channel's subscription."""
         async with self._lock:
             listeners = self._listeners.get(channel)
             if listeners is not None:
                 listeners.add(listener)
+                lingering = self._lingering.pop(channel, None)
+                if lingering is not None:
+                    lingering.cancel()
                 waiting = self._confirmations.get(channel)
             else:
                 self._listeners[channel] = {listener}
@@ -177,18 +199,34 @@ class Hub:
             if listeners is None:
                 return
             listeners.discard(listener)
-            if not listeners:
-                self._forget(channel)
-                try:
-                    assert self._pubsub is not None
-                    await self._pubsub.unsubscribe(channel)
-                except (RedisConnectionError, RedisTimeoutError, OSError):
-                    pass  # the reconnect re-subscribes only channels that still have listeners
+            if not listeners and channel not in self._lingering:
+                self._lingering[channel] = asyncio.get_running_loop().call_later(
+                    LINGER_S, self._start_expiry, channel)
+
+    def _start_expiry(self, channel: str) -> None:
+        task = asyncio.ensure_future(self._expire(channel))
+        self._expiring.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._expiring.discard)
+
+    async def _expire(self, channel: str) -> None:
+        """Unsubscribe a channel whose linger ran out, unless someone joined meanwhile."""
+        async with self._lock:
+            if channel not in self._lingering or self._listeners.get(channel):
+                return
+            self._forget(channel)
+            try:
+                assert self._pubsub is not None
+                await self._pubsub.unsubscribe(channel)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                pass  # the reconnect re-subscribes only channels that still have listeners
 
     def _forget(self, channel: str) -> None:
         self._listeners.pop(channel, None)
         self._joined_at.pop(channel, None)
         self._last_seen.pop(channel, None)
+        lingering = self._lingering.pop(channel, None)
+        if lingering is not None:
+            lingering.cancel()
         waiting = self._confirmations.pop(channel, None)
         if waiting is not None and not waiting.done():
             waiting.cancel()
@@ -285,6 +323,8 @@ class Hub:
         those channels wait in ``_held`` until the back-fill is done.
         """
         async with self._lock:
+            for channel in [c for c, listeners in self._listeners.items() if not listeners]:
+                self._forget(channel)  # lingering: what it knew may be stale after the outage
             cursors: dict[str, tuple[int, str] | int] = {
                 channel: self._last_seen.get(channel) or self._joined_at.get(channel, 0)
                 for channel in self._listeners

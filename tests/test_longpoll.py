@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from tests.helpers import new_agent
+from tests.helpers import RedisProcess, new_agent
 
 
 def _waiting(url: str) -> float:
@@ -140,3 +140,29 @@ async def test_sigterm_answers_waiting_requests_at_once(start_server) -> None:
         assert response.status_code == 200 and response.json()["messages"] == []
         assert await stopped == 0
         assert time.monotonic() - started < 10
+
+
+async def test_a_message_published_while_the_hub_is_disconnected_is_not_lost(start_server, tmp_path) -> None:
+    """A room the hub keeps subscribed between polls (it lingers) must not answer from
+    what the hub saw before its pub/sub connection dropped."""
+    import redis
+
+    private = RedisProcess(tmp_path).start()
+    server = start_server(REDIS_URL=private.url)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+            agent = await new_agent(http)
+            room = (await agent.create_room(http))["id"]
+            first = (await agent.post(http, room, "first")).json()["id"]
+            assert (await http.get(f"/room/{room}?after={first}&wait=0")).json()["messages"] == []
+            seen = (await agent.post(http, room, "seen by the hub")).json()["id"]
+            answer = (await http.get(f"/room/{room}?after={first}&wait=5")).json()
+            assert [m["id"] for m in answer["messages"]] == [seen]
+            killed = redis.Redis(port=private.port).client_kill_filter(_type="pubsub")
+            assert killed >= 1
+            missed = (await agent.post(http, room, "while the hub reconnects")).json()["id"]
+            answer = (await http.get(f"/room/{room}?after={seen}&wait=10")).json()
+            assert [m["id"] for m in answer["messages"]] == [missed]
+    finally:
+        server.stop()
+        private.stop()

@@ -85,8 +85,8 @@ async def _held(
     read: Callable[[], Awaitable[list[Any]]] | None, kind: str, after: Key | None, limit: int,
     wait: float, connection: HttpConnection | None,
 ) -> tuple[list[Any], bool]:
-    """Listen, read history after the cursor (``read``), wait if it had nothing:
-    (up to ``limit`` messages oldest first, whether more are waiting)."""
+    """Listen, read history after the cursor (``read``, when given once listening),
+    wait if it had nothing: (up to ``limit`` messages oldest first, whether more wait)."""
     waiter = Waiter(kind, limit + 1)
     await join(waiter)
     try:
@@ -102,13 +102,18 @@ async def room_after(service: ChatService, hub: Hub, connection: HttpConnection 
                      key: str | None, cursor: int | str | None, limit: int, wait: float) -> dict[str, Any]:
     room = await service.room(ref, key)
 
+    after = key_after(cursor)
+
     async def read() -> list[Any]:
-        assert cursor is not None
+        assert cursor is not None and after is not None
+        newest = hub.newest(room.id)
+        if newest is not None and newest <= after:
+            return []  # the client has the newest this hub delivered: nothing newer exists yet
         return [m.to_public() for m in await service.messages_after(room, cursor, limit + 1)]
 
     messages, more = await _held(
         lambda w: hub.join_room(room.id, w), lambda w: hub.leave_room(room.id, w),
-        read if cursor is not None else None, "message", key_after(cursor), limit, wait, connection)
+        read if cursor is not None else None, "message", after, limit, wait, connection)
     return {"room": {"id": room.id, "name": room.name}, "messages": messages, "has_more": more}
 
 
