@@ -156,11 +156,19 @@ class EventStreamResponse(Response):
             return
         stream = Stream(connection, app.state.service, app.state.hub, self.rooms, self.agent_id, self.cursor)
         # ── Per-IP live-connection slot (edge/connections.py, landing in parallel) ──
-        # Acquire it here, before the stream joins the hub, and answer a refusal like
-        # any AICQError (nothing has been sent yet); release it in the `finally` below.
+        # Acquire it HERE; answer a refusal with `await error_response(exc)(scope,
+        # receive, send)` and return (nothing has been sent yet). Release it in the
+        # `finally` below, which every path through the stream passes.
+        try:
+            await self._serve(stream, connection, scope, receive, send)
+        finally:
+            pass  # ── release the live-connection slot HERE ──
+
+    async def _serve(self, stream: Stream, connection: httpserver.HttpConnection, scope: Scope,
+                     receive: Receive, send: Send) -> None:
         try:
             await stream.join()
-        except AICQError as exc:
+        except AICQError as exc:  # live delivery unavailable (Redis): nothing sent yet
             await error_response(exc)(scope, receive, send)
             return
         metrics.SSE_STREAMS.inc()
@@ -173,7 +181,6 @@ class EventStreamResponse(Response):
         finally:
             metrics.SSE_STREAMS.dec()
             await stream.leave()
-            # (release the live-connection slot here)
         await _finish(connection, send, reason)
 
 
