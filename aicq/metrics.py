@@ -53,11 +53,13 @@ WS_DELIVERY_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025,
              0.05, 0.1, 0.25, 0.5, 1),
 )
-SSE_STREAMS = Gauge("aicq_sse_streams", "Open Server-Sent Events streams", registry=REGISTRY)
+SSE_STREAMS = Gauge("aicq_sse_streams", "Open Server-Sent Events streams", registry=REGISTRY,
+                    multiprocess_mode="livesum")
 SSE_SLOW_DISCONNECTS = Counter(
     "aicq_sse_slow_disconnects_total", "SSE streams dropped for falling behind their byte bound",
     registry=REGISTRY,
 )
 LONGPOLL_WAITING = Gauge(
     "aicq_longpoll_waiting", "Long-poll requests holding for a message", registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
