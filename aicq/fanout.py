@@ -121,7 +121,9 @@ class Hub:
         self._expiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._redis = rediskit.connect(self._url)
+        # No silent reconnects: the hub must see a lost pub/sub connection, to back-fill
+        # what was published while it was away (redis-py would re-subscribe on its own).
+        self._redis = rediskit.connect(self._url, retries=0)
         self._pubsub = self._redis.pubsub()
         await self._pubsub.connect()
         self._task = asyncio.create_task(self._read_forever(), name="aicq-hub")

@@ -20,10 +20,14 @@ T = TypeVar("T")
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-def connect(url: str) -> aioredis.Redis:
+def connect(url: str, *, retries: int = 1) -> aioredis.Redis:
     """A pooled client. A command whose connection broke is retried once, on a fresh
     one: after Redis restarts, every pooled connection is dead once, and that must not
-    cost a request. (Our multi-step scripts are idempotent under such a retry.)"""
+    cost a request. (Our multi-step scripts are idempotent under such a retry.)
+
+    ``retries=0`` for a connection that must *see* every break: redis-py would
+    otherwise reconnect a pub/sub connection and re-subscribe it silently, and
+    whatever was published in between would be lost without anyone knowing."""
     return aioredis.from_url(
         url,
         socket_timeout=5,
@@ -31,7 +35,7 @@ def connect(url: str) -> aioredis.Redis:
         health_check_interval=15,
         max_connections=200,
         decode_responses=False,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries=1),
+        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries=retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
