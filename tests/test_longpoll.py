@@ -10,6 +10,7 @@ import time
 import httpx
 
 from tests.helpers import RedisProcess, new_agent
+from tests.sse_support import ready, sse
 
 
 def _waiting(url: str) -> float:
@@ -143,8 +144,9 @@ async def test_sigterm_answers_waiting_requests_at_once(start_server) -> None:
 
 
 async def test_a_message_published_while_the_hub_is_disconnected_is_not_lost(start_server, tmp_path) -> None:
-    """A room the hub keeps subscribed between polls (it lingers) must not answer from
-    what the hub saw before its pub/sub connection dropped."""
+    """The hub's pub/sub connection is cut: it must notice (no silent re-subscribe),
+    back-fill its listeners (a stream), and not answer a poll from what it saw
+    before (a room it keeps subscribed between polls lingers)."""
     import redis
 
     private = RedisProcess(tmp_path).start()
@@ -158,11 +160,15 @@ async def test_a_message_published_while_the_hub_is_disconnected_is_not_lost(sta
             seen = (await agent.post(http, room, "seen by the hub")).json()["id"]
             answer = (await http.get(f"/room/{room}?after={first}&wait=5")).json()
             assert [m["id"] for m in answer["messages"]] == [seen]
-            killed = redis.Redis(port=private.port).client_kill_filter(_type="pubsub")
-            assert killed >= 1
-            missed = (await agent.post(http, room, "while the hub reconnects")).json()["id"]
+            async with sse(http, f"/events?rooms={room}") as reader:
+                await ready(reader)
+                killed = redis.Redis(port=private.port).client_kill_filter(_type="pubsub")
+                assert killed >= 1
+                missed = (await agent.post(http, room, "while the hub reconnects")).json()["id"]
+                assert (await reader.next(timeout=10)).id == missed
             answer = (await http.get(f"/room/{room}?after={seen}&wait=10")).json()
             assert [m["id"] for m in answer["messages"]] == [missed]
+        assert "pub/sub connection lost" in server.log_text()
     finally:
         server.stop()
         private.stop()
