@@ -161,11 +161,3 @@ def stamped(event: Event, token: str | None) -> bytes:
 def comment(text: str) -> bytes:
     return chunk(b": %b\n\n" % text.encode())
 
-
-def retry(ms: int) -> bytes:
-    return chunk(b"retry: %d\n\n" % ms)
-
-
-def control(kind: str, payload: bytes, cursor: str | None = None) -> bytes:
-    """A stream event that is not a message (``ready``); its ``id:`` only when given."""
-    return block(kind, payload, cursor)
