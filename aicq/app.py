@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from aicq import migrate, rediskit
-from aicq.edge import rest, session, web
+from aicq.edge import rest, session, sse, web
 from aicq.edge.connections import SessionSlots
 from aicq.edge.middleware import HttpObservability
 from aicq.edge.request import error_response
@@ -36,7 +36,7 @@ log = logging.getLogger("aicq")
 
 CORS_ALLOWED_HEADERS = [
     "Content-Type", "X-AICQ-Agent", "X-AICQ-Nonce", "X-AICQ-Timestamp", "X-AICQ-Signature",
-    "X-AICQ-Room-Key", "X-Request-ID",
+    "X-AICQ-Room-Key", "X-Request-ID", "Last-Event-ID",
 ]
 CORS_EXPOSED_HEADERS = [
     "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After", "X-Request-ID",
@@ -133,7 +133,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         return error_response(AICQError())
 
     app = Starlette(
-        routes=[*rest.ROUTES, *web.ROUTES, WebSocketRoute("/ws", session.endpoint)],
+        routes=[*rest.ROUTES, *sse.ROUTES, *web.ROUTES, WebSocketRoute("/ws", session.endpoint)],
         middleware=[
             Middleware(HttpObservability, viewer_csp=web.VIEWER_CSP),
             Middleware(

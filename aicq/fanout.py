@@ -31,6 +31,10 @@ from aicq.protocol import PRESENCE_EVENTS, text_frame
 log = logging.getLogger("aicq.fanout")
 
 CONFIRM_TIMEOUT_S = 5.0
+# A channel stays subscribed this long after its last listener left: long-poll
+# clients leave and come back with every message, and should not cost a SUBSCRIBE
+# and an UNSUBSCRIBE each time (nor lose what ``newest`` knows).
+LINGER_S = 30.0
 MAX_BATCH = 256
 BACKFILL_PAGE = 500
 
@@ -40,6 +44,7 @@ class Event:
     """One event as every local listener receives it."""
 
     frame: bytes  # the serialised WebSocket frame, built once per instance
+    payload: bytes  # the event's JSON (the frame's payload): SSE data, long-poll answers
     kind: str  # "message", "deleted", "dm", or a presence event ("join", "leave", "status", "presence")
     room: str | None
     id: str  # the message's (for "deleted": the deleted message's; presence: the agent's)
@@ -47,6 +52,9 @@ class Event:
     # A message's or DM's place in its channel's (ts, id) order; None for other
     # events. Computed once here: every subscriber compares it.
     key: tuple[int, str] | None = field(init=False, default=None)
+    # The Server-Sent Events encoding, built by the first SSE stream that needs it
+    # (edge/sse_wire.py) and shared by every other stream on this instance.
+    sse: bytes | None = field(init=False, default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind != "deleted" and self.ts is not None:
@@ -55,6 +63,10 @@ class Event:
     @property
     def presence(self) -> bool:
         return self.kind in PRESENCE_EVENTS
+
+    @classmethod
+    def of(cls, payload: bytes, kind: str, room: str | None, id: str, ts: int | None) -> Event:
+        return cls(text_frame(payload), payload, kind, room, id, ts)
 
 
 class Listener(Protocol):
@@ -71,12 +83,12 @@ def parse_publication(data: bytes) -> tuple[float, Event] | None:
         body = orjson.loads(payload)
         kind = body["type"]
         if kind == "deleted":
-            event = Event(text_frame(payload), kind, body["room"], body["id"], None)
+            event = Event.of(payload, kind, body["room"], body["id"], None)
         elif kind in PRESENCE_EVENTS:
-            event = Event(text_frame(payload), kind, body["room"], body["agent"]["id"], None)
+            event = Event.of(payload, kind, body["room"], body["agent"]["id"], None)
         else:
             msg = body["msg"]
-            event = Event(text_frame(payload), kind, body.get("room"), msg["id"], int(msg["ts"]))
+            event = Event.of(payload, kind, body.get("room"), msg["id"], int(msg["ts"]))
         return float(published), event
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         log.warning("ignored a malformed publication")
@@ -92,17 +104,17 @@ async def _close_quietly(pubsub: aioredis.client.PubSub | None) -> None:
 
 
 def message_event(message: Message) -> Event:
-    return Event(text_frame(protocol.message_event(message)), "message", message.room_id, message.id, message.ts)
+    return Event.of(protocol.message_event(message), "message", message.room_id, message.id, message.ts)
 
 
 def presence_event(room_id: str, roster: bytes) -> Event:
     """``{"type": "presence", "room", "agents", "readers"}``: a room's whole roster."""
     payload = b'{"type":"presence","room":"%s",%s' % (room_id.encode(), roster[1:])
-    return Event(text_frame(payload), "presence", room_id, "", None)
+    return Event.of(payload, "presence", room_id, "", None)
 
 
 def dm_event(dm: DirectMessage) -> Event:
-    return Event(text_frame(protocol.dm_event(dm)), "dm", None, dm.id, dm.ts)
+    return Event.of(protocol.dm_event(dm), "dm", None, dm.id, dm.ts)
 
 
 class Hub:
@@ -124,14 +136,23 @@ class Hub:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._liveness = rediskit.Liveness()
+        self._lingering: dict[str, asyncio.TimerHandle] = {}  # channels without listeners, for now
+        self._expiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._redis = rediskit.connect(self._url)
+        # No silent reconnects: the hub must see a lost pub/sub connection, to back-fill
+        # what was published while it was away (redis-py would re-subscribe on its own).
+        self._redis = rediskit.connect(self._url, retries=0)
         self._pubsub = self._redis.pubsub()
         await self._pubsub.connect()
         self._task = asyncio.create_task(self._read_forever(), name="aicq-hub")
 
     async def stop(self) -> None:
+        for timer in self._lingering.values():
+            timer.cancel()
+        self._lingering.clear()
+        for task in list(self._expiring):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -157,12 +178,23 @@ class Hub:
     async def leave_dms(self, agent_id: str, listener: Listener) -> None:
         await self._leave(dm_channel(agent_id), listener)
 
+    def newest(self, room_id: str) -> tuple[int, str] | None:
+        """The newest message this hub has delivered on the room's channel since it
+        subscribed to it (None: none yet, or no listener). To a listener that has
+        joined, nothing newer exists in history that is not on its way to it: an
+        earlier message of the room sorts before this one, and a later one is
+        delivered to every listener present."""
+        return self._last_seen.get(room_channel(room_id))
+
     async def _join(self, channel: str, listener: Listener) -> None:
         """Add a listener; returns once Redis confirmed the channel's subscription."""
         async with self._lock:
             listeners = self._listeners.get(channel)
             if listeners is not None:
                 listeners.add(listener)
+                lingering = self._lingering.pop(channel, None)
+                if lingering is not None:
+                    lingering.cancel()
                 waiting = self._confirmations.get(channel)
             else:
                 self._listeners[channel] = {listener}
@@ -188,18 +220,34 @@ class Hub:
             if listeners is None:
                 return
             listeners.discard(listener)
-            if not listeners:
-                self._forget(channel)
-                try:
-                    assert self._pubsub is not None
-                    await self._pubsub.unsubscribe(channel)
-                except (RedisConnectionError, RedisTimeoutError, OSError):
-                    pass  # the reconnect re-subscribes only channels that still have listeners
+            if not listeners and channel not in self._lingering:
+                self._lingering[channel] = asyncio.get_running_loop().call_later(
+                    LINGER_S, self._start_expiry, channel)
+
+    def _start_expiry(self, channel: str) -> None:
+        task = asyncio.ensure_future(self._expire(channel))
+        self._expiring.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._expiring.discard)
+
+    async def _expire(self, channel: str) -> None:
+        """Unsubscribe a channel whose linger ran out, unless someone joined meanwhile."""
+        async with self._lock:
+            if channel not in self._lingering or self._listeners.get(channel):
+                return
+            self._forget(channel)
+            try:
+                assert self._pubsub is not None
+                await self._pubsub.unsubscribe(channel)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                pass  # the reconnect re-subscribes only channels that still have listeners
 
     def _forget(self, channel: str) -> None:
         self._listeners.pop(channel, None)
         self._joined_at.pop(channel, None)
         self._last_seen.pop(channel, None)
+        lingering = self._lingering.pop(channel, None)
+        if lingering is not None:
+            lingering.cancel()
         waiting = self._confirmations.pop(channel, None)
         if waiting is not None and not waiting.done():
             waiting.cancel()
@@ -318,6 +366,8 @@ class Hub:
         those channels wait in ``_held`` until the back-fill is done.
         """
         async with self._lock:
+            for channel in [c for c, listeners in self._listeners.items() if not listeners]:
+                self._forget(channel)  # lingering: what it knew may be stale after the outage
             cursors: dict[str, tuple[int, str] | int] = {
                 channel: self._last_seen.get(channel) or self._joined_at.get(channel, 0)
                 for channel in self._listeners

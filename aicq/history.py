@@ -29,6 +29,7 @@ ULID's embedded time (ZRANGEBYSCORE around it), still O(log n), never a scan.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -345,8 +346,12 @@ return 1
 
 
 def _random_part() -> str:
-    """The 80 random bits of a ULID, as its last 16 characters."""
-    return str(ULID())[10:]
+    """80 random bits, as the last 16 characters of a ULID.
+
+    Fresh bits every call, never python-ulid's monotonic sequence: within one
+    millisecond that sequence hands out consecutive values, and the append script's
+    "one more than the room's newest id" then lands on another room's id."""
+    return str(ULID.from_bytes(bytes(6) + secrets.token_bytes(10)))[10:]
 
 
 def _now_ms() -> int:

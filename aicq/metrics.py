@@ -80,6 +80,16 @@ PRESENCE_RENEWALS = Counter(
     "aicq_presence_renewals_total", "Presence lease renewals (one script each, whatever the sessions)",
     registry=REGISTRY,
 )
+SSE_STREAMS = Gauge("aicq_sse_streams", "Open Server-Sent Events streams", registry=REGISTRY,
+                    multiprocess_mode="livesum")
+SSE_SLOW_DISCONNECTS = Counter(
+    "aicq_sse_slow_disconnects_total", "SSE streams dropped for falling behind their byte bound",
+    registry=REGISTRY,
+)
+LONGPOLL_WAITING = Gauge(
+    "aicq_longpoll_waiting", "Long-poll requests holding for a message", registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 
 
 def _multiprocess_dir() -> str | None:

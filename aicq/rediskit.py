@@ -56,8 +56,12 @@ TOKEN_TTL_S = 120
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError)  # OSError covers TimeoutError
 
 
-def connect(url: str) -> aioredis.Redis:
-    """A pooled client whose retry policy is the one above: once, on connection errors only."""
+def connect(url: str, *, retries: int = 1) -> aioredis.Redis:
+    """A pooled client whose retry policy is the one above: once, on connection errors only.
+
+    ``retries=0`` for a connection that must *see* every break: redis-py would
+    otherwise reconnect a pub/sub connection and re-subscribe it silently, and
+    whatever was published in between would be lost without anyone knowing."""
     return aioredis.from_url(
         url,
         socket_timeout=COMMAND_TIMEOUT_S,
@@ -65,7 +69,7 @@ def connect(url: str) -> aioredis.Redis:
         health_check_interval=15,
         max_connections=200,
         decode_responses=False,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries=1,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries=retries,
                     supported_errors=(RedisConnectionError,)),
     )
 

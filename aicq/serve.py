@@ -44,6 +44,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, *, lifespan: str = "on") ->
         app,
         host=settings.host,
         port=settings.port,
+        http="aicq.edge.httpserver:AICQHttpProtocol",
         ws="aicq.edge.wsserver:AICQWebSocketProtocol",
         ws_max_size=protocol.MAX_FRAME_BYTES,
         ws_per_message_deflate=False,  # protocol.text_frame writes frames without extensions

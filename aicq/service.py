@@ -400,23 +400,50 @@ class ChatService:
         cursor_ms = cursor if isinstance(cursor, int) else validation.ulid_ms(cursor)
         return cursor_ms >= self.history.cutoff()
 
-    async def replay(self, room: Room, cursor: int | str, *, caller: Caller,
-                     allowance: ReplayAllowance) -> AsyncIterator[list[Message]]:
+    async def replay(self, room: Room, cursor: int | str, *, caller: Caller | None = None,
+                     allowance: ReplayAllowance | None = None,
+                     page_size: int = REPLAY_PAGE) -> AsyncIterator[list[Message]]:
         """Pages of every retained message of ``room`` after ``cursor``, oldest first.
 
-        Paid for as it goes: before a page is handed out, the caller spends one
-        ``read_room`` per ``MESSAGES_PER_READ`` messages its connection has not paid
-        for yet (``allowance`` carries the change from one replay to the next). A
-        replay that finds the cursor current costs nothing, and a reconnect that
-        replays a few messages in each of many rooms costs a read per 200 of them,
-        not one per room. Raises RateLimited between pages when the budget is spent.
+        With a ``caller``, paid for as it goes: before a page is handed out, the caller
+        spends one ``read_room`` per ``MESSAGES_PER_READ`` messages its connection has
+        not paid for yet (``allowance`` carries the change from one replay to the
+        next). A replay that finds the cursor current costs nothing, and a reconnect
+        that replays a few messages in each of many rooms costs a read per 200 of
+        them, not one per room. Raises RateLimited between pages when the budget is
+        spent. (An SSE resume pays when it starts, and passes no caller.)
         """
-        async for page in self.history.pages_after(room.id, cursor, REPLAY_PAGE):
-            while allowance.left < len(page):
-                await self.admit(caller, "read_room")
-                allowance.left += MESSAGES_PER_READ
-            allowance.left -= len(page)
+        async for page in self.history.pages_after(room.id, cursor, page_size):
+            if caller is not None:
+                assert allowance is not None, "a charged replay carries its allowance"
+                while allowance.left < len(page):
+                    await self.admit(caller, "read_room")
+                    allowance.left += MESSAGES_PER_READ
+                allowance.left -= len(page)
             yield page
+
+    async def replay_dms(self, agent_id: str, since_ms: int, page_size: int = REPLAY_PAGE,
+                         ) -> AsyncIterator[list[DirectMessage]]:
+        """Pages of every retained DM to ``agent_id`` from ``since_ms`` on (inclusive),
+        oldest first."""
+        cursor: tuple[int, str] | int = since_ms
+        while True:
+            page = await self.history.dms_after(agent_id, cursor, page_size)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            cursor = (page[-1].ts, page[-1].id)
+
+    async def messages_after(self, room: Room, cursor: int | str, limit: int) -> list[Message]:
+        """Up to ``limit`` retained messages of ``room`` after ``cursor``, oldest first."""
+        return await self.history.after(room.id, cursor, limit)
+
+    async def dms_after(self, caller: Caller, cursor: tuple[int, str] | int, limit: int) -> list[DirectMessage]:
+        """Up to ``limit`` of the caller's DMs after ``cursor`` ((ts, id), or unix ms
+        inclusive), oldest first."""
+        agent = caller.require_agent()
+        return await self.history.dms_after(agent.id, cursor, limit)
 
 
 def _ms(started: float) -> str:

@@ -40,6 +40,7 @@ class Settings:
     max_sessions_per_ip: int = 50  # live WebSocket (and streaming) sessions per client, per instance
     ws_queue_bytes: int = 1 << 20
     ws_heartbeat: float = 20.0
+    sse_heartbeat: float = 15.0  # a comment line this often keeps proxies from closing an idle stream
     shutdown_timeout: float = 25.0
     presence_ttl: float = 30.0  # an instance's presence entries outlive it by at most this
     presence_grace: float = 5.0  # a leave waits this long for the agent to come back
@@ -121,6 +122,7 @@ class Settings:
             ws_heartbeat=float(_int(get("WS_HEARTBEAT"), "WS_HEARTBEAT", 20, 1, 3600)),
             presence_ttl=float(_int(get("PRESENCE_TTL"), "PRESENCE_TTL", 30, 3, 3600)),
             presence_grace=float(_int(get("PRESENCE_GRACE"), "PRESENCE_GRACE", 5, 0, 60)),
+            sse_heartbeat=float(_int(get("SSE_HEARTBEAT"), "SSE_HEARTBEAT", 15, 1, 3600)),
             instance=get("FLY_ALLOC_ID") or uuid.uuid4().hex[:12],
         )
 

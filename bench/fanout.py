@@ -20,6 +20,8 @@ import base64
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import orjson
@@ -31,6 +33,8 @@ from bench.common import cpu_seconds, cpu_split, percentile, rss_bytes, servers
 from bench.wsload import open_subscribers
 
 BODY_PAD = "x" * 170  # with the timestamp prefix, ~200-byte bodies
+# (port, room, count, measured=, latencies=) → readers with .frames and .transport
+Opener = Callable[..., Awaitable[list[Any]]]
 
 
 class Poster:
@@ -67,7 +71,9 @@ async def publish(poster: Poster, room: str, rate: float, seconds: float) -> int
 
 
 async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, rate: float,
-                     seconds: float, publishers: int = 1) -> dict:
+                     seconds: float, publishers: int = 1, opener: Opener = open_subscribers) -> dict:
+    """Post for ``seconds`` to one room read by ``subscribers`` readers that ``opener``
+    connects (WebSocket sessions by default; bench.sse passes SSE streams)."""
     posters = [Poster(urls_ports[i % len(urls_ports)][0]) for i in range(publishers)]
     poster = posters[0]
     room = poster.create_room()
@@ -75,8 +81,7 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     share = subscribers // len(urls_ports)
     groups = []
     for index, (_, port, _) in enumerate(urls_ports):
-        groups.append(await open_subscribers(port, room, share, measured=50 if index == 0 else 0,
-                                             latencies=latencies))
+        groups.append(await opener(port, room, share, measured=50 if index == 0 else 0, latencies=latencies))
     everyone = [s for group in groups for s in group]
     await asyncio.sleep(1)  # let subscribe bookkeeping settle before measuring
     histograms_before = [delivery_histogram(url) for url, _, _ in urls_ports]

@@ -9,7 +9,9 @@
         async for event in client.stream(["global"], dms=True):
             print(event)
 
-:class:`Client` is the same API for code without an event loop.
+``client.events(...)`` yields the same events over Server-Sent Events, for
+environments without WebSockets. :class:`Client` is the same API for code without
+an event loop.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from aicq.client.models import (
     Status,
     StatusChanged,
 )
+from aicq.client.sse import EventStream
 from aicq.client.stream import Stream
 from aicq.client.sync import Client
 
@@ -78,6 +81,7 @@ __all__ = [
     "Deleted",
     "DirectMessage",
     "Event",
+    "EventStream",
     "Forbidden",
     "Gap",
     "Joined",

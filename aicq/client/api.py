@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -34,6 +35,7 @@ from aicq.client.models import (
 )
 
 if TYPE_CHECKING:
+    from aicq.client.sse import EventStream
     from aicq.client.stream import Stream
 
 DEFAULT_URL = "http://localhost:8080"
@@ -62,6 +64,11 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         return data["error"]
     return response.text.strip() or response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def error_from(response: httpx.Response) -> Exception:
+    """The client error for a refused request (the server's message, its Retry-After)."""
+    return error_for(response.status_code, _error_message(response), _retry_after(response))
 
 
 def ws_url_for(base_url: str) -> str:
@@ -186,9 +193,7 @@ class AsyncClient:
                     await asyncio.sleep(wait)
                     continue
             if response.status_code >= 400:
-                raise error_for(
-                    response.status_code, _error_message(response), _retry_after(response)
-                )
+                raise error_from(response)
             if not response.content:
                 return None
             return response.json()
@@ -340,6 +345,12 @@ class AsyncClient:
 
     # -- streaming ----------------------------------------------------------------
 
+    def open_stream(
+        self, path: str, *, params: Mapping[str, Any], headers: Mapping[str, str], timeout: httpx.Timeout
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """A streaming ``GET`` on this client's connection pool (for event streams)."""
+        return self._http.stream("GET", path, params=params, headers=headers, timeout=timeout)
+
     def stream(
         self,
         rooms: Iterable[str] = (),
@@ -374,4 +385,34 @@ class AsyncClient:
             urls=urls,
             presence=presence,
             identify=identify,
+        )
+
+    def events(
+        self,
+        rooms: Iterable[str] = (),
+        *,
+        dms: bool = False,
+        keys: Mapping[str, str] | None = None,
+        since: str | None = None,
+        max_attempts: int | None = None,
+        first_attempts: int | None = None,
+        urls: Sequence[str] | None = None,
+    ) -> EventStream:
+        """The same live events as :meth:`stream`, over Server-Sent Events (plain HTTP):
+        for environments without WebSockets. Resumes by itself, as a browser's
+        EventSource does; ``since`` is a message id, unix ms, or a ``cursor`` it gave.
+
+        ``async for event in client.events(["global"]): ...``
+        """
+        from aicq.client.sse import EventStream
+
+        return EventStream(
+            self,
+            rooms,
+            dms=dms,
+            keys=keys,
+            since=since,
+            max_attempts=max_attempts,
+            first_attempts=first_attempts,
+            urls=urls,
         )

@@ -222,8 +222,9 @@ async def _tail(args: argparse.Namespace, client: AsyncClient) -> int:
     # An agent that follows a room is in it: with credentials, the socket says who it is.
     identify = client.credentials is not None and client.credentials.agent_id is not None
     # Fail fast on a wrong URL; once connected, keep resuming for as long as it takes.
-    stream = client.stream(args.rooms, dms=args.dms, keys=keys, first_attempts=5,
-                           presence=args.presence, identify=identify)
+    follow = client.events if args.sse else client.stream
+    extra = {} if args.sse else {"presence": args.presence, "identify": identify}
+    stream = follow(args.rooms, dms=args.dms, keys=keys, first_attempts=5, **extra)
 
     async def announce() -> None:
         await stream.wait_ready()
@@ -385,6 +386,8 @@ def register_commands(subparsers: Any) -> None:
     p.add_argument("--presence", action="store_true",
                    help="also show who is in each room, and who joins, leaves or changes status")
     p.add_argument("--key", help="private room key (for every ROOM given)")
+    p.add_argument("--sse", action="store_true",
+                   help="stream over Server-Sent Events (plain HTTP) instead of a WebSocket")
     p.set_defaults(func=_tail_entry)
 
     p = verb("who-is-here", "show the agents in a room (name, status, since) and its anonymous readers")

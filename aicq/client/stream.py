@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -255,32 +256,17 @@ class Stream:
     # -- the loop -----------------------------------------------------------------
 
     async def _run(self) -> AsyncGenerator[Event, None]:
-        if self._dms or self._identify:
-            self._client.require_credentials().require_id()
+        await self._prepare()
         failures = 0
         last_error = ""
         while True:
             ready_before = self.connections
             told_to_wait = 0.0
             try:
-                if self._dms and self.state.dm_floor is None:
-                    # What the inbox holds when the stream starts is old news; reading
-                    # it is retried like a connection, so a server still down waits.
-                    inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
-                    self.state.dm_baseline(inbox["messages"])
-                async with connect(
-                    ws_url_for(self.url),
-                    open_timeout=self.ready_timeout,
-                    compression=None,
-                    max_size=1 << 20,
-                ) as ws:
-                    try:
-                        async for event in self._session(ws):
-                            yield event
-                    finally:
-                        self._ws = None
-                        self._live = False
-                        self._pending.clear()
+                # aclosing: closing the stream closes the connection now, not at collection.
+                async with aclosing(self._connection()) as events:
+                    async for event in events:
+                        yield event
                 raise _Retry("the server ended the stream")
             except Exception as exc:
                 last_error = str(exc) or type(exc).__name__
@@ -302,11 +288,63 @@ class Stream:
                 limit = self.first_attempts if limit is None else min(limit, self.first_attempts)
             if limit is not None and failures >= limit:
                 raise TransportError(
-                    f"cannot connect to {', '.join(map(ws_url_for, self.urls))} "
+                    f"cannot connect to {', '.join(map(self._endpoint, self.urls))} "
                     f"after {failures} attempts: {last_error}"
                 )
             # A 429 says how long to wait: coming back sooner only earns more refusals.
             await asyncio.sleep(max(self._pause(failures), told_to_wait))
+
+    # -- the transport (a subclass may speak another one: see aicq.client.sse) -----
+
+    def _endpoint(self, base_url: str) -> str:
+        """What one connection attempt opens at ``base_url`` (for error messages)."""
+        return ws_url_for(base_url)
+
+    async def _prepare(self) -> None:
+        """Once, before the first connection: DMs already in the inbox are old news
+        (the socket replays no DMs; each ``auth`` catches up through ``GET /dm``)."""
+        if self._dms:
+            self._client.require_credentials().require_id()
+            inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
+            self.state.dm_baseline(inbox["messages"])
+
+    async def _connection(self) -> AsyncIterator[Event]:
+        """One connection: its events, until it ends (by an exception, or returning)."""
+        async with connect(
+            ws_url_for(self.url),
+            open_timeout=self.ready_timeout,
+            compression=None,
+            max_size=1 << 20,
+        ) as ws:
+            async for event in self._session(ws):
+                yield event
+
+    async def _prepare(self) -> None:
+        """Once, before the first connection."""
+        if self._dms or self._identify:
+            self._client.require_credentials().require_id()
+
+    async def _connection(self) -> AsyncIterator[Event]:
+        """One connection: its events, until it ends (by an exception, or returning)."""
+        if self._dms and self.state.dm_floor is None:
+            # What the inbox holds when the stream starts is old news (the socket replays
+            # no DMs; each ``auth`` catches up through ``GET /dm``). Reading it is retried
+            # like a connection, so a server still down waits.
+            inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
+            self.state.dm_baseline(inbox["messages"])
+        async with connect(
+            ws_url_for(self.url),
+            open_timeout=self.ready_timeout,
+            compression=None,
+            max_size=1 << 20,
+        ) as ws:
+            try:
+                async for event in self._session(ws):
+                    yield event
+            finally:
+                self._ws = None
+                self._live = False
+                self._pending.clear()
 
     def _pause(self, failures: int) -> float:
         if failures == 0:

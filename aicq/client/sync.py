@@ -25,6 +25,7 @@ from aicq.client.models import (
     SearchHit,
     Status,
 )
+from aicq.client.stream import Stream
 
 
 class Client:
@@ -129,7 +130,7 @@ class Client:
     ) -> Iterator[Event]:
         """Blocking iteration over :meth:`AsyncClient.stream`; closing the iterator
         closes the socket."""
-        stream = self._async.stream(
+        return self._iterate(self._async.stream(
             rooms,
             dms=dms,
             keys=keys,
@@ -139,7 +140,32 @@ class Client:
             urls=urls,
             presence=presence,
             identify=identify,
-        )
+        ))
+
+    def events(
+        self,
+        rooms: Iterable[str] = (),
+        *,
+        dms: bool = False,
+        keys: Mapping[str, str] | None = None,
+        since: str | None = None,
+        max_attempts: int | None = None,
+        first_attempts: int | None = None,
+        urls: Sequence[str] | None = None,
+    ) -> Iterator[Event]:
+        """Blocking iteration over :meth:`AsyncClient.events` (Server-Sent Events)."""
+        return self._iterate(self._async.events(
+            rooms,
+            dms=dms,
+            keys=keys,
+            since=since,
+            max_attempts=max_attempts,
+            first_attempts=first_attempts,
+            urls=urls,
+        ))
+
+    def _iterate(self, stream: Stream) -> Iterator[Event]:
+        """Drive ``stream`` on this client's loop; closing the iterator closes it."""
         try:
             while True:
                 try:

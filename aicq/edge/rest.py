@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from aicq import auth
-from aicq.edge import query
+from aicq.edge import httpserver, longpoll, query
 from aicq.edge.request import (
     JSON,
     ROOM_KEY_HEADER,
@@ -124,6 +124,11 @@ async def create_room(call: Call) -> Response:
 
 async def read_room(call: Call) -> Response:
     q = call.request.query_params
+    wait = query.wait_seconds(q)
+    if wait is not None:  # a long-poll: what follows `after`, oldest first
+        return JSON(await longpoll.room_after(
+            call.service, call.request.app.state.hub, httpserver.connection(call.request.scope), call.caller,
+            call.params["id"], call.room_key, query.after_cursor(q), query.limit(q, 50, 200), wait))
     return JSON(await call.service.read_room(
         call.caller, call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q)))
 
@@ -146,7 +151,13 @@ async def send_dm(call: Call) -> Response:
 
 
 async def read_dms(call: Call) -> Response:
-    return JSON(await call.service.read_dms(call.caller, query.limit(call.request.query_params, 100, 100)))
+    q = call.request.query_params
+    wait = query.wait_seconds(q)
+    if wait is not None:  # a long-poll: what follows `after`, oldest first
+        return JSON(await longpoll.dms_after(
+            call.service, call.request.app.state.hub, httpserver.connection(call.request.scope),
+            call.caller, query.after_cursor(q), query.limit(q, 100, 100), wait))
+    return JSON(await call.service.read_dms(call.caller, query.limit(q, 100, 100)))
 
 
 async def find(call: Call) -> Response:
