@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from aicq import migrate, rediskit
-from aicq.edge import rest, session, web
+from aicq.edge import notifications, rest, session, web
 from aicq.edge.middleware import HttpObservability
 from aicq.edge.request import error_response
 from aicq.errors import AICQError, MethodNotAllowed, NotFound
@@ -29,6 +29,7 @@ from aicq.limits import Limiter
 from aicq.service import ChatService
 from aicq.settings import Settings
 from aicq.store import Store
+from aicq.webhooks.runtime import Webhooks
 
 log = logging.getLogger("aicq")
 
@@ -92,8 +93,10 @@ def create_app(settings: Settings) -> WebSocketFront:
         service = ChatService(settings, store, history, Limiter(redis, auto_block=settings.auto_block_enabled))
         hub = Hub(settings.redis_url, history)
         await hub.start()
+        webhooks = await Webhooks.start(settings, store, redis, service)
         app.state.service = service
         app.state.hub = hub
+        app.state.webhooks = webhooks
         app.state.sessions = session.Registry()
         reconciler = asyncio.create_task(service.reconcile_forever(), name="aicq-counts")
         log.info("AICQ ready on %s:%s (instance %s)", settings.host, settings.port, settings.instance)
@@ -101,6 +104,7 @@ def create_app(settings: Settings) -> WebSocketFront:
             yield
         finally:
             reconciler.cancel()  # sessions are closed by now: uvicorn sends them 1012 first
+            await webhooks.stop()
             await hub.stop()
             await redis.aclose()
             await store.close()
@@ -118,7 +122,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         return error_response(AICQError())
 
     app = Starlette(
-        routes=[*rest.ROUTES, *web.ROUTES, WebSocketRoute("/ws", session.endpoint)],
+        routes=[*rest.ROUTES, *notifications.ROUTES, *web.ROUTES, WebSocketRoute("/ws", session.endpoint)],
         middleware=[
             Middleware(HttpObservability, viewer_csp=web.VIEWER_CSP),
             Middleware(

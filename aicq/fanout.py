@@ -39,16 +39,17 @@ class Event:
     """One event as every local listener receives it."""
 
     frame: bytes  # the serialised WebSocket frame, built once per instance
-    kind: str  # "message", "deleted" or "dm"
+    kind: str  # "message", "deleted", "dm" or "mention"
     room: str | None
     id: str  # the message's (for "deleted": the deleted message's)
     ts: int | None
     # A message's or DM's place in its channel's (ts, id) order; None for other
-    # events. Computed once here: every subscriber compares it.
+    # events. Computed once here: every subscriber compares it. A mention rides its
+    # agent's DM channel but is ordered by its room's clock: it takes no place there.
     key: tuple[int, str] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        if self.kind != "deleted" and self.ts is not None:
+        if self.kind in ("message", "dm") and self.ts is not None:
             object.__setattr__(self, "key", (self.ts, self.id))
 
 

@@ -48,6 +48,8 @@ LIMITS = {
     "send_dm": Limit("send_dm", 60, 60, "agent"),
     "read_dms": Limit("read_dms", 60, 60, "agent"),
     "search": Limit("search", 30, 60, "ip"),
+    "read_mentions": Limit("read_mentions", 60, 60, "agent"),
+    "webhooks": Limit("webhooks", 30, 60, "agent"),  # register, list, delete
 }
 
 

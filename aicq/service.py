@@ -25,6 +25,7 @@ from aicq.cache import LRU
 from aicq.errors import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable, Unprocessable
 from aicq.history import History
 from aicq.limits import LIMITS, Limiter, Quota
+from aicq.mentions import Mentions
 from aicq.models import Agent, DirectMessage, Message, Room, rfc3339, spliced
 from aicq.settings import Settings
 from aicq.store import Store
@@ -74,6 +75,7 @@ class ChatService:
         self.history = history
         self.limiter = limiter
         self.auth = Authenticator(store.get_agent, history.claim_nonce)
+        self.mentions = Mentions(store, history.redis)
         # A verified (room, key) pair stays verified: keys cannot change, bcrypt is slow.
         self._verified_keys: LRU = LRU(10_000)
 
@@ -112,6 +114,7 @@ class ChatService:
             key, validation.agent_name(name), validation.email(email))
         if created:
             metrics.AGENTS_REGISTERED.inc()
+            self.mentions.registered(agent.name)
         return Registered(agent.id, f"/who/{agent.id}", created)
 
     async def who(self, agent_id: str) -> dict[str, Any]:
@@ -149,13 +152,21 @@ class ChatService:
             hashed = await asyncio.to_thread(bcrypt.hashpw, key.encode(), bcrypt.gensalt(BCRYPT_ROUNDS))
             key_hash = hashed.decode()
         room = await self.store.create_room(name, key is not None, key_hash, agent.id)
+        if room.is_private:  # its creator holds the key: it may be mentioned there
+            await self.mentions.note_reader(room.id, agent.id)
         return {"id": room.id, "name": room.name, "is_private": room.is_private}
 
-    async def room(self, ref: str, key: str | None) -> Room:
-        """Resolve a room UUID or public name, checking a private room's key (403)."""
+    async def room(self, ref: str, key: str | None, reader: str | None = None) -> Room:
+        """Resolve a room UUID or public name, checking a private room's key (403).
+
+        ``reader``: the agent using the key, remembered as one that may be mentioned
+        in the room (aicq/mentions.py).
+        """
         room = await self.resolve_room(ref)
         if room.is_private:
             await self._check_key(room, key)
+            if reader is not None:
+                await self.mentions.note_reader(room.id, reader)
         return room
 
     async def resolve_room(self, ref: str) -> Room:
@@ -180,8 +191,9 @@ class ChatService:
             raise Forbidden("invalid room key")
         self._verified_keys.put(fingerprint, True)
 
-    async def read_room(self, ref: str, key: str | None, limit: int, before: int | str | None) -> dict[str, Any]:
-        room = await self.room(ref, key)
+    async def read_room(self, ref: str, key: str | None, limit: int, before: int | str | None,
+                        reader: str | None = None) -> dict[str, Any]:
+        room = await self.room(ref, key, reader)
         page = await self.history.before(room.id, before, limit)
         return {
             "room": {"id": room.id, "name": room.name},
@@ -191,7 +203,7 @@ class ChatService:
 
     async def post_message(self, caller: Caller, ref: str, body: object, pid: object, key: str | None) -> Posted:
         agent = caller.require_agent()
-        room = await self.room(ref, key)
+        room = await self.room(ref, key, agent.id)
         body = validation.message_body(body)
         pid = validation.parent_id(pid)
         if pid is not None and await self.history.find(room.id, pid) is None:
@@ -202,7 +214,10 @@ class ChatService:
         public = not room.is_private
         words = validation.tokenize(body) if public else []
         frame = spliced(protocol.message_event_data(draft))
-        message = await self.history.append(draft, public=public, words=words, frame=frame)
+        mentioned = await self.mentions.resolve(body, agent.id)
+        mention_frame = spliced(protocol.mention_event_data(draft)) if mentioned else (b"", b"", b"")
+        message = await self.history.append(draft, public=public, words=words, frame=frame,
+                                            mentioned=mentioned, mention_frame=mention_frame)
         metrics.MESSAGES_POSTED.labels(room_type="private" if room.is_private else "public").inc()
         await self._count(room.id, +1)
         return Posted(message.id, message.ts)
@@ -260,6 +275,7 @@ class ChatService:
         )
         if removed is None:
             raise NotFound("message not found")
+        await self.mentions.forget(removed, await self.mentions.resolve(removed.body, removed.sender))
         await self._count(room.id, -1)
 
     # Direct messages
@@ -279,6 +295,21 @@ class ChatService:
     async def read_dms(self, caller: Caller, limit: int) -> dict[str, Any]:
         agent = caller.require_agent()
         return {"messages": [dm.to_public() for dm in await self.history.dms(agent.id, limit)]}
+
+    # Mentions
+
+    async def read_mentions(self, caller: Caller, limit: int, after: int | str | None,
+                            before: int | str | None) -> dict[str, Any]:
+        """Room messages that mention the caller, newest first, between the cursors."""
+        agent = caller.require_agent()
+        messages, has_more = await self.mentions.feed(agent.id, limit, after, before)
+        rooms = {room_id: await self.store.get_room(room_id) for room_id in {m.room_id for m in messages}}
+        mentions = []
+        for message in messages:
+            room = rooms.get(message.room_id)
+            mentions.append({"id": message.id, "room_id": message.room_id,
+                             "room_name": room.name if room else None, **message.to_public()})
+        return {"mentions": mentions, "has_more": has_more}
 
     # Search and stats
 

@@ -39,6 +39,12 @@ class Settings:
     ws_queue_bytes: int = 1 << 20
     ws_heartbeat: float = 20.0
     shutdown_timeout: float = 25.0
+    # Webhooks (aicq/webhooks/): destinations on private networks are refused unless
+    # allowed; the retry schedule and the claim delay are tunable for tests.
+    webhook_allow_private: bool = False
+    webhook_retry_base_ms: int = 10_000
+    webhook_retry_window_s: int = 24 * 3600
+    webhook_claim_idle_ms: int = 30_000
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
@@ -110,6 +116,13 @@ class Settings:
             ws_queue_bytes=_int(get("WS_QUEUE_BYTES"), "WS_QUEUE_BYTES", 1 << 20, 16 << 10, 1 << 30),
             ws_heartbeat=float(_int(get("WS_HEARTBEAT"), "WS_HEARTBEAT", 20, 1, 3600)),
             instance=get("FLY_ALLOC_ID") or uuid.uuid4().hex[:12],
+            webhook_allow_private=_bool(get("WEBHOOK_ALLOW_PRIVATE"), "WEBHOOK_ALLOW_PRIVATE", False),
+            webhook_retry_base_ms=_int(get("WEBHOOK_RETRY_BASE_MS"), "WEBHOOK_RETRY_BASE_MS", 10_000, 10,
+                                       3_600_000),
+            webhook_retry_window_s=_int(get("WEBHOOK_RETRY_WINDOW_S"), "WEBHOOK_RETRY_WINDOW_S", 24 * 3600,
+                                        1, 7 * 24 * 3600),
+            webhook_claim_idle_ms=_int(get("WEBHOOK_CLAIM_IDLE_MS"), "WEBHOOK_CLAIM_IDLE_MS", 30_000, 200,
+                                       600_000),
         )
 
 

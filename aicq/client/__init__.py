@@ -6,10 +6,11 @@
 
     async with AsyncClient("http://localhost:8080", Profile().load()) as client:
         await client.post("global", "hello, agents")
-        async for event in client.stream(["global"], dms=True):
+        async for event in client.stream(["global"], dms=True, mentions=True):
             print(event)
 
-:class:`Client` is the same API for code without an event loop.
+:class:`Client` is the same API for code without an event loop. A webhook receiver
+checks each delivery with :func:`verify_webhook`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from aicq.client.errors import (
     APIError,
     AuthError,
     BadRequest,
+    Conflict,
     CredentialsError,
     DMCryptoError,
     Forbidden,
@@ -39,6 +41,7 @@ from aicq.client.errors import (
     TransportError,
     Unprocessable,
     UnsupportedMediaType,
+    WebhookSignatureError,
 )
 from aicq.client.models import (
     Agent,
@@ -47,14 +50,18 @@ from aicq.client.models import (
     DirectMessage,
     Event,
     Gap,
+    Mention,
+    MentionPage,
     Message,
     Page,
     Posted,
     Room,
     SearchHit,
+    Webhook,
 )
 from aicq.client.stream import Stream
 from aicq.client.sync import Client
+from aicq.client.webhooks import verify_webhook
 
 __all__ = [
     "DEFAULT_URL",
@@ -66,6 +73,7 @@ __all__ = [
     "BadRequest",
     "Channel",
     "Client",
+    "Conflict",
     "Credentials",
     "CredentialsError",
     "DMCryptoError",
@@ -74,6 +82,8 @@ __all__ = [
     "Event",
     "Forbidden",
     "Gap",
+    "Mention",
+    "MentionPage",
     "Message",
     "NotFound",
     "Page",
@@ -89,9 +99,12 @@ __all__ = [
     "TransportError",
     "Unprocessable",
     "UnsupportedMediaType",
+    "Webhook",
+    "WebhookSignatureError",
     "decrypt_dm",
     "encrypt_dm",
     "generate_keypair",
     "private_key_from_b64",
     "public_key_b64",
+    "verify_webhook",
 ]

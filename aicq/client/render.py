@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from aicq.client.models import Agent, Channel, DirectMessage, Message, SearchHit
+from aicq.client.models import Agent, Channel, DirectMessage, Mention, Message, SearchHit, Webhook
 
 
 def clock(ts_ms: int) -> str:
@@ -59,3 +59,21 @@ def hit(result: SearchHit) -> str:
         f"[{result.room_name or result.room_id}] {clock(result.ts)}  {result.id}  "
         f"{short(result.sender)}: {one_line(result.body)}"
     )
+
+
+def mention(item: Mention, room_name: str | None = None) -> str:
+    where = room_name or item.room_name or item.room
+    return f"[@ {where}] {clock(item.ts)}  {item.id}  {short(item.sender)}: {one_line(item.body)}"
+
+
+def webhook(hook: Webhook) -> str:
+    lines = [f"{hook.id}  {hook.status:<8}  {hook.url}", f"    events: {', '.join(hook.events)}"]
+    if hook.disabled_reason:
+        lines.append(f"    {hook.disabled_reason}")
+    elif hook.failing_since:
+        lines.append(f"    failing since {hook.failing_since}")
+    for result in hook.recent_deliveries[:3]:
+        detail = result.get("error") or f"HTTP {result.get('status')}"
+        lines.append(f"    {result.get('at')}  {result.get('event')}  attempt {result.get('attempt')}  "
+                     f"{result.get('outcome')}  {detail}")
+    return "\n".join(lines)

@@ -5,7 +5,8 @@ Each connection: read ``hello``; send ``auth`` (when DMs are wanted) and one
 then hand over events. Any disconnect other than "fix the request first"
 (close 1008 / 1009, or a 4xx refusal) leads to a new connection after an
 exponential pause with jitter. DMs have no replay over the socket, so after each
-``auth`` the stream reads ``GET /dm`` and yields what it has not seen.
+``auth`` the stream reads ``GET /dm`` and yields what it has not seen; mentions
+likewise, from ``GET /mentions``.
 
 Given several base URLs (instances of one deployment), each new connection goes
 to the next one in turn, so a stream closed by an instance that is shutting
@@ -40,13 +41,16 @@ from aicq.client.errors import (
     TransportError,
     error_for,
 )
-from aicq.client.models import DirectMessage, Event, Gap
+from aicq.client.models import DirectMessage, Event, Gap, Mention
 from aicq.client.resume import ResumeState
 from aicq.protocol import should_reconnect
 
 if TYPE_CHECKING:
     from aicq.client.api import AsyncClient
 
+
+
+MENTION_CATCH_UP_PAGES = 10  # the server keeps at most 1,000 mentions per agent
 
 
 class _Retry(Exception):
@@ -80,16 +84,19 @@ def _fatal(exc: BaseException) -> AICQError:
 
 
 class Stream:
-    """Live room messages, deletions and DMs, as one async iterator.
+    """Live room messages, deletions, DMs and mentions, as one async iterator.
 
     Events are :class:`~aicq.client.models.Message`, ``Deleted``, ``DirectMessage``
-    (decrypted, or with ``error``) and ``Gap`` (a resume found history expired).
+    (decrypted, or with ``error``), ``Mention`` (a room message naming us) and
+    ``Gap`` (a resume found history expired).
     Within a room, messages come in server order, each exactly once.
 
     Args:
         client: supplies the URL, credentials and REST calls.
         rooms: room ids or public room names.
         dms: also deliver DMs (needs registered credentials).
+        mentions: also deliver mentions of us, from any room (needs registered
+            credentials); none is missed across reconnects.
         keys: private room keys by room (as spelled in ``rooms``).
         since: resume each room after this message id.
         max_attempts: consecutive failed connection attempts before giving up
@@ -117,6 +124,7 @@ class Stream:
         rooms: Iterable[str] = (),
         *,
         dms: bool = False,
+        mentions: bool = False,
         keys: Mapping[str, str] | None = None,
         since: Mapping[str, str] | None = None,
         max_attempts: int | None = None,
@@ -130,6 +138,7 @@ class Stream:
         self.urls = [u.rstrip("/") for u in urls or ()] or [client.url]
         self._turn = 0
         self._dms = dms
+        self._mentions = mentions
         self.state = ResumeState(rooms, keys, since)
         self.max_attempts = max_attempts
         self.first_attempts = first_attempts
@@ -187,6 +196,12 @@ class Stream:
             self._client.require_credentials().require_id()
             inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
             self.state.dm_baseline(inbox["messages"])
+        if self._mentions:
+            self._client.require_credentials().require_id()
+            newest = await self._client.request(
+                "GET", self._rest("/mentions"), params={"limit": 1}, signed=True
+            )
+            self.state.mention_baseline(newest["mentions"][0] if newest["mentions"] else None)
         failures = 0
         last_error = ""
         while True:
@@ -236,7 +251,7 @@ class Stream:
         self.hello = hello
         pending: dict[str, tuple[str, str]] = {}
         resumed: dict[str, bool] = {}
-        if self._dms:
+        if self._dms or self._mentions:
             ref = next(self._refs)
             pending[ref] = ("auth", "")
             await ws.send(
@@ -258,8 +273,10 @@ class Stream:
                 if kind == "error":
                     raise error_for(int(frame.get("code") or 400), str(frame.get("error") or what))
                 if what == "auth":
-                    for dm in await self._dm_catch_up():
+                    for dm in await self._dm_catch_up() if self._dms else ():
                         yield dm
+                    for mention in await self._mention_catch_up() if self._mentions else ():
+                        yield mention
                 else:
                     gap: Gap | None = self.state.subscribed(room, frame, resumed[room])
                     if gap is not None:
@@ -269,7 +286,10 @@ class Stream:
                 continue
             event = self.state.accept(frame)
             if isinstance(event, DirectMessage):
-                event = self._client.decrypt(event)
+                # An authenticated session gets both kinds: yield what was asked for.
+                event = self._client.decrypt(event) if self._dms else None
+            elif isinstance(event, Mention) and not self._mentions:
+                event = None
             if event is not None:
                 yield event
 
@@ -296,6 +316,30 @@ class Stream:
                 continue
             if isinstance(frame, dict):
                 return frame
+
+    async def _mention_catch_up(self) -> list[Mention]:
+        """Mentions that arrived while no socket of ours was authenticated, oldest first."""
+        since, before = self.state.mention_since(), None
+        fresh: list[Mention] = []
+        for _ in range(MENTION_CATCH_UP_PAGES):
+            params = {"limit": 100, "after": since, "before": before}
+            try:
+                page = await self._client.request(
+                    "GET", self._rest("/mentions"), params=params, signed=True
+                )
+            except APIError as exc:
+                if exc.status >= 500 or exc.status == 429:
+                    raise _Retry(exc.message) from exc
+                raise
+            for msg in page["mentions"]:
+                mention = self.state.accept_mention(msg, None, live=False)
+                if mention is not None:
+                    fresh.append(mention)
+            if not page.get("has_more") or not page["mentions"]:
+                break
+            before = page["mentions"][-1]["id"]
+        fresh.sort(key=lambda m: (m.ts, m.id))
+        return fresh
 
     async def _dm_catch_up(self) -> list[DirectMessage]:
         """DMs that arrived while no socket of ours was authenticated, oldest first."""

@@ -54,7 +54,15 @@ def after_ms(params: QueryParams) -> int | None:
 
 def before_cursor(params: QueryParams) -> int | str | None:
     """``before``: a message id (ours) or unix ms (Go's); None (the newest) otherwise."""
-    raw = first(params, "before")
+    return _cursor(first(params, "before"))
+
+
+def after_cursor(params: QueryParams) -> int | str | None:
+    """``after`` where a message id is as good as unix ms (``GET /mentions``); None otherwise."""
+    return _cursor(first(params, "after"))
+
+
+def _cursor(raw: str) -> int | str | None:
     if validation.is_ulid(raw):
         return raw.upper()
     value = go_int(raw)

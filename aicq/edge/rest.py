@@ -122,8 +122,9 @@ async def create_room(call: Call) -> Response:
 
 async def read_room(call: Call) -> Response:
     q = call.request.query_params
+    reader = call.caller.agent.id if call.caller.agent else None
     return JSON(await call.service.read_room(
-        call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q)))
+        call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q), reader))
 
 
 async def post_message(call: Call) -> Response:

@@ -234,7 +234,8 @@ class Session:
         if op.since is not None:
             # Replaying history reads what GET /room reads, and costs the same.
             await self.service.admit(self.caller, "read_room")
-        room = await self.service.room(op.room, op.key)
+        agent = self.caller.agent
+        room = await self.service.room(op.room, op.key, agent.id if agent else None)
         if room.id in self.subscriptions:
             await self.hub.leave_room(room.id, self.subscriptions.pop(room.id))
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
