@@ -304,7 +304,7 @@ async def _webhooks(args: argparse.Namespace, client: AsyncClient) -> int:
 
 
 async def _add_webhook(args: argparse.Namespace, client: AsyncClient) -> int:
-    hook = await client.add_webhook(args.url, args.events, key=args.key)
+    hook = await client.add_webhook(args.endpoint, args.events, key=args.key)
     if args.json:
         _emit(hook.to_json())
     else:
@@ -419,7 +419,8 @@ def register_commands(subparsers: Any) -> None:
     p.set_defaults(func=_run(_webhooks, credentials="required"))
 
     p = verb("add-webhook", "have the server POST events to a URL (signed; see /docs)")
-    p.add_argument("url", metavar="URL", help="https URL that receives the events")
+    # Not "url": --url is the server's.
+    p.add_argument("endpoint", metavar="URL", help="https URL that receives the events")
     p.add_argument(
         "events", metavar="EVENT", nargs="+", help="dm, mention, or room:<room id or public name>"
     )

@@ -54,7 +54,7 @@ class Registry:
             raise Unprocessable(f"url refused: {exc}") from None
         webhook = await self.store.add(agent.id, str(parsed), list(dict.fromkeys(wanted)))
         try:
-            await self._list(webhook)
+            await list_targets(self.redis, webhook)
         except Unavailable:
             await self.store.remove(webhook.id)
             raise
@@ -85,7 +85,7 @@ class Registry:
         webhook = await self.store.get(validation.parse_uuid(webhook_id, "webhook id"))
         if webhook is None or webhook.agent_id != agent.id:
             raise NotFound("webhook not found")
-        await self._unlist(webhook)
+        await unlist_targets(self.redis, webhook)
         await self.store.remove(webhook.id)
 
     def describe(self, webhook: Webhook, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -100,29 +100,11 @@ class Registry:
         out["recent_deliveries"] = results
         return out
 
-    # Redis's target sets
-
-    async def _list(self, webhook: Webhook) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for target in webhook.targets():
-            pipe.sadd(target, webhook.member)
-        await timed(pipe.execute())
-
-    async def _unlist(self, webhook: Webhook) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for target in webhook.targets():
-            pipe.srem(target, webhook.member)
-        await timed(pipe.execute())
-
     async def sync(self) -> int:
         """List every enabled webhook in its target sets again; returns how many."""
         webhooks = await self.store.active()
         for start in range(0, len(webhooks), 500):
-            pipe = self.redis.pipeline(transaction=False)
-            for webhook in webhooks[start:start + 500]:
-                for target in webhook.targets():
-                    pipe.sadd(target, webhook.member)
-            await timed(pipe.execute())
+            await list_targets(self.redis, *webhooks[start:start + 500])
         return len(webhooks)
 
     async def sync_forever(self) -> None:
@@ -134,3 +116,21 @@ class Registry:
                 pass  # a store is away; the next round tries again
             except Exception:
                 log.exception("re-listing webhooks failed")
+
+
+# Redis's target sets
+
+
+async def list_targets(redis: aioredis.Redis, *webhooks: Webhook) -> None:
+    pipe = redis.pipeline(transaction=False)
+    for webhook in webhooks:
+        for target in webhook.targets():
+            pipe.sadd(target, webhook.member)
+    await timed(pipe.execute())
+
+
+async def unlist_targets(redis: aioredis.Redis, webhook: Webhook) -> None:
+    pipe = redis.pipeline(transaction=False)
+    for target in webhook.targets():
+        pipe.srem(target, webhook.member)
+    await timed(pipe.execute())

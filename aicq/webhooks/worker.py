@@ -33,9 +33,11 @@ import redis.asyncio as aioredis
 from aicq import metrics
 from aicq.errors import AICQError
 from aicq.models import rfc3339
+from aicq.rediskit import timed
 from aicq.settings import Settings
 from aicq.webhooks.model import Webhook
 from aicq.webhooks.queue import DeliveryQueue, Entry
+from aicq.webhooks.registry import unlist_targets
 from aicq.webhooks.sender import Attempt, Sender
 from aicq.webhooks.store import WebhookStore
 
@@ -193,7 +195,7 @@ class DeliveryWorker:
         if webhook is None or webhook.disabled_at is not None:
             # Deleted or disabled, yet still listed for this event (a removal that
             # failed half-way): unlist it, so the scripts stop queueing for it.
-            await self.redis.srem(entry.target, entry.member)
+            await timed(self.redis.srem(entry.target, entry.member))
 
     async def _delivered(self, webhook: Webhook, entry: Entry, attempt: Attempt) -> None:
         if await self.queue.finish(entry):
@@ -230,10 +232,7 @@ class DeliveryWorker:
         if await self.webhooks.disable(webhook.id, reason):
             metrics.WEBHOOK_DISABLED.inc()
             log.warning("webhook disabled", extra={"webhook": webhook.id, "agent": webhook.agent_id})
-            pipe = self.redis.pipeline(transaction=False)
-            for target in webhook.targets():
-                pipe.srem(target, webhook.member)
-            await pipe.execute()
+            await unlist_targets(self.redis, webhook)
 
     async def _record(self, webhook: Webhook, entry: Entry, attempt: Attempt, outcome: str,
                       retry_at: int | None = None) -> None:
