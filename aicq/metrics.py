@@ -78,8 +78,8 @@ WEBHOOK_ATTEMPT_DURATION = Histogram(
 )
 WEBHOOK_QUEUE_DEPTH = Gauge(
     "aicq_webhook_queue_depth",
-    "Webhook deliveries waiting, cluster-wide: ready (in the stream, due now or in flight), "
-    "scheduled (waiting for a retry)",
+    "Webhook deliveries waiting, cluster-wide: ready (in the stream: events to expand, deliveries "
+    "due or in flight), scheduled (waiting for a retry), parked (waiting for their endpoint)",
     ["state"], registry=REGISTRY,
 )
 WEBHOOK_OLDEST_PENDING = Gauge(
@@ -89,6 +89,7 @@ WEBHOOK_OLDEST_PENDING = Gauge(
 )
 WEBHOOK_OVERFLOW = Gauge(
     "aicq_webhook_queue_overflow",
-    "Webhook deliveries never queued because the queue was full (a Redis counter, cluster-wide)",
+    "Webhook events and deliveries refused because the queue, or one endpoint's backlog, was full "
+    "(a Redis counter, cluster-wide)",
     registry=REGISTRY,
 )

@@ -14,7 +14,6 @@ from aicq.server_key import ServerKey
 from aicq.webhooks import destination
 from aicq.webhooks.model import Webhook, event_kind, parse_events, target_key
 from aicq.webhooks.queue import Entry
-from aicq.webhooks.worker import MAX_DELAY_MS, retry_delay_ms
 
 
 @pytest.mark.parametrize("address, why", [
@@ -75,12 +74,6 @@ def test_targets_name_the_sets_the_scripts_read() -> None:
     assert hook.targets() == ["webhooks:to:dm:agent", "webhooks:to:mention:agent", "webhooks:to:room:r1"]
     assert [event_kind(t) for t in hook.targets()] == ["dm", "mention", "message"]
     assert target_key("room:r1", "anyone") == "webhooks:to:room:r1"
-
-
-def test_retries_double_up_to_an_hour() -> None:
-    delays = [retry_delay_ms(n, 10_000) for n in range(1, 40)]
-    assert 7_500 <= delays[0] <= 10_000 and 15_000 <= delays[1] <= 20_000
-    assert max(delays) <= MAX_DELAY_MS and delays[-1] >= MAX_DELAY_MS * 0.75
 
 
 def test_a_retry_keeps_the_delivery_id_and_the_event() -> None:

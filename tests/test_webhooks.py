@@ -21,6 +21,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from aicq.webhooks.worker import PER_WEBHOOK
 from tests.conftest import LOG_DIR
 from tests.helpers import Agent, ServerProcess, new_agent
 from tests.stores import test_stores as fresh_stores
@@ -133,21 +134,23 @@ async def test_a_receiver_down_for_a_while_gets_everything_after_retries(http: h
     sent = [(await friend.request(http, "POST", f"/dm/{sleeper.id}", {"body": CIPHERTEXT})).json()["id"]
             for _ in range(5)]
 
-    async def retried() -> bool:
+    async def backing_off() -> dict | None:
+        # One delivery probes the endpoint, ever later; the others wait parked.
         state = await webhook_state(http, sleeper, webhook["id"])
-        attempts = collections.Counter(r["delivery"] for r in state["recent_deliveries"] if r["outcome"] == "failed")
-        return state["status"] == "failing" and len(attempts) >= 3 and max(attempts.values()) >= 2
+        failed = [r for r in state["recent_deliveries"] if r["outcome"] == "failed"]
+        return state if state["status"] == "failing" and max((r["attempt"] for r in failed), default=0) >= 3 \
+            else None
 
-    await eventually(retried)
-    state = await webhook_state(http, sleeper, webhook["id"])
+    state = await eventually(backing_off)
     assert "cannot connect" in state["recent_deliveries"][0]["error"] and state["failing_since"]
+    assert len({r["delivery"] for r in state["recent_deliveries"]}) == 1
 
     await receiver.start(port)  # back up
     try:
         await receiver.wait_until(lambda: len(receiver.delivered()) == 5, timeout=20)
-        got = {r.event(webhook["signing_key"])["msg"]["id"] for r in receiver.requests}
-        assert got == set(sent)
-        assert any(r.attempt > 1 for r in receiver.requests)
+        got = [r.event(webhook["signing_key"])["msg"]["id"] for r in receiver.requests]
+        assert sorted(got) == sorted(sent) and set(receiver.delivered().values()) == {1}
+        assert max(r.attempt for r in receiver.requests) >= 4  # the probe, finally through
         assert (await eventually(lambda: _status(http, sleeper, webhook["id"], "active")))
     finally:
         await receiver.stop()
@@ -171,6 +174,26 @@ async def test_a_slow_receiver_does_not_hold_up_posting(http: httpx.AsyncClient,
     receiver.release()
     # 11 messages to 5 webhooks, whatever was retried in between.
     await receiver.wait_until(lambda: len(receiver.delivered()) == 55, timeout=30)
+
+
+async def test_a_slow_endpoint_takes_a_few_slots_and_never_holds_up_a_healthy_one(own_stores) -> None:
+    server = own_stores(WEBHOOK_ALLOW_PRIVATE="1")
+    slow, healthy = await Receiver().start(), await Receiver().start()
+    slow.hold()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            owner, poster = await new_agent(http), await new_agent(http)
+            room = (await owner.create_room(http))["id"]
+            for receiving in (slow, healthy):
+                await add_webhook(http, await new_agent(http), receiving.url(), [f"room:{room}"])
+            for i in range(30):
+                assert (await poster.post(http, room, f"burst {i}")).status_code == 201
+            await healthy.wait_until(lambda: len(healthy.delivered()) == 30, timeout=20)
+            assert 1 <= slow.held <= PER_WEBHOOK  # the slow one got its few attempts at once, no more
+    finally:
+        for receiving in (slow, healthy):
+            await receiving.stop()
+        server.stop()
 
 
 # Registration rules

@@ -25,7 +25,7 @@ from aicq.service import Caller, ChatService
 from aicq.settings import Settings
 from aicq.webhooks import destination
 from aicq.webhooks.model import ROOM_PREFIX, Webhook, parse_events
-from aicq.webhooks.queue import DeliveryQueue
+from aicq.webhooks.parking import Parking
 from aicq.webhooks.store import WebhookStore
 
 log = logging.getLogger("aicq.webhooks")
@@ -34,12 +34,12 @@ SYNC_EVERY_S = 600.0
 
 
 class Registry:
-    def __init__(self, settings: Settings, store: WebhookStore, redis: aioredis.Redis, queue: DeliveryQueue,
-                 chat: ChatService, key: ServerKey):
+    def __init__(self, settings: Settings, store: WebhookStore, redis: aioredis.Redis, chat: ChatService,
+                 key: ServerKey):
         self.settings = settings
         self.store = store
         self.redis = redis
-        self.queue = queue
+        self.parking = Parking(redis)
         self.chat = chat
         self.key = key
 
@@ -76,7 +76,7 @@ class Registry:
     async def list(self, caller: Caller) -> dict[str, Any]:
         agent = caller.require_agent()
         webhooks = await self.store.of_agent(agent.id)
-        results = await self.queue.results([w.id for w in webhooks])
+        results = await self.parking.results([w.id for w in webhooks])
         return {"webhooks": [self.describe(w, results.get(w.id, [])) for w in webhooks],
                 "signing_key": self.key.public_key}
 
@@ -86,6 +86,7 @@ class Registry:
         if webhook is None or webhook.agent_id != agent.id:
             raise NotFound("webhook not found")
         await unlist_targets(self.redis, webhook)
+        await self.parking.drop(webhook.id)
         await self.store.remove(webhook.id)
 
     def describe(self, webhook: Webhook, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -8,18 +8,19 @@ import logging
 
 import redis.asyncio as aioredis
 
-from aicq import rediskit, server_key
+from aicq import server_key
 from aicq.server_key import ServerKey
 from aicq.service import ChatService
 from aicq.settings import Settings
 from aicq.store import Store
-from aicq.webhooks.queue import DeliveryQueue
 from aicq.webhooks.registry import Registry
 from aicq.webhooks.sender import Sender
 from aicq.webhooks.store import WebhookStore
 from aicq.webhooks.worker import DeliveryWorker
 
 log = logging.getLogger("aicq.webhooks")
+
+WORKER_CONNECTIONS = 32
 
 
 class Webhooks:
@@ -37,10 +38,9 @@ class Webhooks:
         assert settings.redis_url
         key = await server_key.load_or_create(store)
         webhooks = WebhookStore(store)
-        registry = Registry(settings, webhooks, redis, DeliveryQueue(redis, settings.instance), chat, key)
+        registry = Registry(settings, webhooks, redis, chat, key)
         listed = await registry.sync()
-        # The worker's blocking reads get a client of their own, off the request path's pool.
-        worker_redis = rediskit.connect(settings.redis_url)
+        worker_redis = worker_client(settings.redis_url)
         sender = Sender(key, allow_private=settings.webhook_allow_private, production=settings.production)
         worker = DeliveryWorker(settings, worker_redis, webhooks, sender)
         await worker.start()
@@ -57,3 +57,13 @@ class Webhooks:
         await self.worker.stop()
         await self._sender.aclose()
         await self._worker_redis.aclose()
+
+
+def worker_client(url: str) -> aioredis.Redis:
+    """The worker's own Redis client, off the request path's pool. Hundreds of its
+    deliveries may touch Redis at once: they wait for one of its connections rather
+    than fail (a blocking pool), and its blocking stream reads wait there too."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=WORKER_CONNECTIONS, timeout=10, socket_timeout=5, socket_connect_timeout=1,
+        health_check_interval=15)
+    return aioredis.Redis(connection_pool=pool)

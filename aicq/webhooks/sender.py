@@ -23,7 +23,7 @@ from aicq.webhooks.queue import Entry
 
 TIMEOUT_S = 5.0
 MAX_RESPONSE_BYTES = 4096
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 512  # the worker attempts at most this many deliveries at once
 
 
 @dataclass(frozen=True, slots=True)
