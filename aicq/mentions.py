@@ -201,8 +201,12 @@ class Mentions:
                 continue
         return messages[:limit], len(messages) > limit
 
-    async def forget(self, message: Message, agents: list[str]) -> None:
-        """Remove a deleted message from the feeds of ``agents``."""
+    async def forget(self, message: Message) -> None:
+        """Remove a deleted message from the feeds of the agents it mentioned. Every id
+        it names is tried, known agent or not (removing nothing costs nothing), so a
+        database that does not answer only spares the name mentions."""
+        agents = set(await self.resolve(message.body, message.sender))
+        agents |= {r.agent_id for r in references(message.body) if r.agent_id}
         if not agents:
             return
         member = orjson.dumps(message.to_redis())  # byte for byte what the append wrote

@@ -153,7 +153,10 @@ class ChatService:
             key_hash = hashed.decode()
         room = await self.store.create_room(name, key is not None, key_hash, agent.id)
         if room.is_private:  # its creator holds the key: it may be mentioned there
-            await self.mentions.note_reader(room.id, agent.id)
+            try:
+                await self.mentions.note_reader(room.id, agent.id)
+            except Unavailable:  # the room exists now; its first use of the key will note it
+                log.warning("room creator not noted as a reader: Redis unavailable", extra={"room": room.id})
         return {"id": room.id, "name": room.name, "is_private": room.is_private}
 
     async def room(self, ref: str, key: str | None, reader: str | None = None) -> Room:
@@ -275,7 +278,7 @@ class ChatService:
         )
         if removed is None:
             raise NotFound("message not found")
-        await self.mentions.forget(removed, await self.mentions.resolve(removed.body, removed.sender))
+        await self.mentions.forget(removed)
         await self._count(room.id, -1)
 
     # Direct messages
