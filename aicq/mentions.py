@@ -115,7 +115,8 @@ class Mentions:
     def __init__(self, store: Store, redis: aioredis.Redis):
         self.store = store
         self.redis = redis
-        self._names: LRU = LRU(100_000)  # lowercased name -> (agent id | None, expires at)
+        # ("name", lowercased name) or ("id", agent id) -> (agent id | None, expires at)
+        self._known: LRU = LRU(100_000)
         self._readers: LRU = LRU(100_000)  # (room, agent) pairs already recorded
         self._read = redis.register_script(_READ_FEED)
 
@@ -129,36 +130,37 @@ class Mentions:
         refs = references(body)
         if not refs:
             return []
-        ids = {r.agent_id for r in refs if r.agent_id}
         now = time.monotonic()
-        unknown_names = {n for r in refs for n in r.names if self._cached(n, now) is None}
-        unknown_ids = [i for i in ids if self.store.cached_agent(i) is None]
-        existing: set[str] = set(ids) - set(unknown_ids)
-        if unknown_names or unknown_ids:
+        wanted = {("id", r.agent_id) for r in refs if r.agent_id}
+        wanted |= {("name", n) for r in refs for n in r.names}
+        unknown = {key for key in wanted if self._cached(key, now) is None
+                   and not (key[0] == "id" and self.store.cached_agent(key[1]))}
+        if unknown:
             try:
-                named, found_ids = await self.store.mention_lookup(sorted(unknown_names), unknown_ids)
+                named, found_ids = await self.store.mention_lookup(
+                    sorted(v for k, v in unknown if k == "name"), [v for k, v in unknown if k == "id"])
             except Unavailable:
                 log.warning("database unavailable: mentions of a message not resolved")
-                named, found_ids = {}, set()
-                unknown_names = set()  # leave them uncached: try again next time
-            for name in unknown_names:
-                hit = named.get(name)
-                self._names.put(name, (hit, now + (NAME_HIT_TTL_S if hit else NAME_MISS_TTL_S)))
-            existing |= found_ids
+                named, found_ids, unknown = {}, set(), set()  # left uncached: tried again next time
+            for kind, value in unknown:
+                hit = named.get(value) if kind == "name" else (value if value in found_ids else None)
+                self._known.put((kind, value), (hit, now + (NAME_HIT_TTL_S if hit else NAME_MISS_TTL_S)))
         out: list[str] = []
         for ref in refs:
-            agent = ref.agent_id if ref.agent_id in existing else None
-            for name in ref.names:
-                if agent:
-                    break
-                agent = self._cached(name, now) or None
+            keys = [("id", ref.agent_id)] if ref.agent_id else [("name", n) for n in ref.names]
+            agent = next((a for a in (self._resolved(key, now) for key in keys) if a), None)
             if agent and agent != sender and agent not in out:
                 out.append(agent)
         return out[:MAX_MENTIONS]
 
-    def _cached(self, name: str, now: float) -> str | bool | None:
-        """The agent id for ``name``; False when known to be nobody's; None when not cached."""
-        entry = self._names.get(name)
+    def _resolved(self, key: tuple[str, str], now: float) -> str | None:
+        if key[0] == "id" and self.store.cached_agent(key[1]):
+            return key[1]
+        return self._cached(key, now) or None
+
+    def _cached(self, key: tuple[str, str], now: float) -> str | bool | None:
+        """The agent id for ``key``; False when known to be nobody's; None when not cached."""
+        entry = self._known.get(key)
         if entry is None or entry[1] < now:
             return None
         return entry[0] or False
@@ -166,7 +168,7 @@ class Mentions:
     def registered(self, name: str | None) -> None:
         """A new agent took ``name``: forget a cached "nobody" for it on this instance."""
         if name:
-            self._names.pop(name.lower(), None)
+            self._known.pop(("name", name.lower()), None)
 
     # Private rooms
 

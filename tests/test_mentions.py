@@ -9,7 +9,8 @@ import secrets
 import httpx
 import websockets
 
-from tests.helpers import Agent, new_agent, recv_json, recv_until
+from tests.helpers import Agent, ServerProcess, new_agent, recv_json, recv_until
+from tests.stores import test_stores as fresh_stores
 
 KEY = "a-private-room-key-0123"
 CIPHERTEXT = base64.b64encode(bytes(range(64))).decode()  # the server checks only the shape
@@ -141,3 +142,43 @@ def _json(data: dict) -> str:
     import orjson
 
     return orjson.dumps(data).decode()
+
+
+async def test_names_cost_one_query_per_message_then_none(tmp_path) -> None:
+    """Resolving a message's @names is one PostgreSQL query for the ones not seen yet,
+    and none once they are cached, hits and misses alike."""
+    with fresh_stores() as (database_url, redis_url):
+        server = ServerProcess({"DATABASE_URL": database_url, "REDIS_URL": redis_url,
+                                "RATE_LIMIT_WHITELIST": "127.0.0.1"}, tmp_path / "server.log").start()
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+                author, named = await new_agent(http), await new_agent(http, unique("known"))
+                body = " ".join(f"@nobody{i}" for i in range(8)) + f" @{(await _name(http, named))}"
+                await author.post(http, "global", "warm up: the room and the author are cached now")
+
+                async def queries_for_a_post() -> int:
+                    before = _postgres_queries(await http.get("/metrics"))
+                    assert (await author.post(http, "global", body)).status_code == 201
+                    return _postgres_queries(await http.get("/metrics")) - before
+
+                # Besides the names: the room's message_count update, one per post.
+                assert await queries_for_a_post() == 2
+                assert await queries_for_a_post() == 1
+            assert len((await _feed(server, named))["mentions"]) == 2
+        finally:
+            server.stop()
+
+
+async def _name(http: httpx.AsyncClient, agent: Agent) -> str:
+    return (await http.get(f"/who/{agent.id}")).json()["name"]
+
+
+async def _feed(server: ServerProcess, agent: Agent) -> dict:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        return await mentions(http, agent)
+
+
+def _postgres_queries(response: httpx.Response) -> int:
+    line = next(line for line in response.text.splitlines()
+                if line.startswith("aicq_postgres_latency_seconds_count"))
+    return int(float(line.split()[1]))

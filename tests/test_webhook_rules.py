@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aicq.client import WebhookSignatureError, verify_webhook
 from aicq.errors import BadRequest
 from aicq.server_key import ServerKey
+from aicq.settings import Settings, SettingsError
 from aicq.webhooks import destination
 from aicq.webhooks.model import Webhook, event_kind, parse_events, target_key
 from aicq.webhooks.queue import Entry
@@ -107,3 +108,20 @@ def test_a_delivery_signed_by_the_server_verifies_and_a_forgery_does_not() -> No
         verify_webhook(key.public_key, body, headers, now=time.time() + 3600)
     with pytest.raises(WebhookSignatureError, match="missing"):
         verify_webhook(key.public_key, body, {"X-AICQ-Delivery": "1700-0"})
+
+
+@pytest.mark.parametrize("name, value", [
+    ("WEBHOOK_ALLOW_PRIVATE", "maybe"), ("WEBHOOK_RETRY_BASE_MS", "5"), ("WEBHOOK_RETRY_WINDOW_S", "0"),
+    ("WEBHOOK_CLAIM_IDLE_MS", "soon"),
+])
+def test_webhook_settings_fail_at_boot_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_webhook_settings_defaults_and_values() -> None:
+    assert Settings.from_env({}).webhook_allow_private is False
+    tuned = Settings.from_env({"WEBHOOK_ALLOW_PRIVATE": "1", "WEBHOOK_RETRY_BASE_MS": "200",
+                               "WEBHOOK_RETRY_WINDOW_S": "60", "WEBHOOK_CLAIM_IDLE_MS": "1000"})
+    assert (tuned.webhook_allow_private, tuned.webhook_retry_base_ms, tuned.webhook_retry_window_s,
+            tuned.webhook_claim_idle_ms) == (True, 200, 60, 1000)
