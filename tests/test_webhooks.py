@@ -135,7 +135,8 @@ async def test_a_receiver_down_for_a_while_gets_everything_after_retries(http: h
             for _ in range(5)]
 
     async def backing_off() -> dict | None:
-        # One delivery probes the endpoint, ever later; the others wait parked.
+        # Each round, a delivery probes the endpoint (one per instance), ever later;
+        # the others wait parked.
         state = await webhook_state(http, sleeper, webhook["id"])
         failed = [r for r in state["recent_deliveries"] if r["outcome"] == "failed"]
         return state if state["status"] == "failing" and max((r["attempt"] for r in failed), default=0) >= 3 \
@@ -143,7 +144,6 @@ async def test_a_receiver_down_for_a_while_gets_everything_after_retries(http: h
 
     state = await eventually(backing_off)
     assert "cannot connect" in state["recent_deliveries"][0]["error"] and state["failing_since"]
-    assert len({r["delivery"] for r in state["recent_deliveries"]}) == 1
 
     await receiver.start(port)  # back up
     try:
