@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from aicq import migrate, rediskit
-from aicq.edge import rest, session, sse, web
+from aicq.edge import notifications, rest, session, sse, web
 from aicq.edge.connections import SessionSlots
 from aicq.edge.middleware import HttpObservability
 from aicq.edge.request import error_response
@@ -31,6 +31,7 @@ from aicq.presence import Presence
 from aicq.service import ChatService
 from aicq.settings import Settings
 from aicq.store import Store
+from aicq.webhooks.runtime import Webhooks
 
 log = logging.getLogger("aicq")
 
@@ -103,8 +104,10 @@ def create_app(settings: Settings) -> WebSocketFront:
         hub = Hub(settings.redis_url, history, roster=presence.store.roster)
         await hub.start()
         await presence.start()
+        webhooks = await Webhooks.start(settings, store, redis, service)
         app.state.service = service
         app.state.hub = hub
+        app.state.webhooks = webhooks
         app.state.sessions = session.Registry()
         counts = asyncio.create_task(service.flush_counts_forever(), name="aicq-counts")
         base = _base_url(settings)
@@ -115,6 +118,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         finally:
             counts.cancel()  # sessions are closed by now: uvicorn sends them 1012 first
             await presence.stop()
+            await webhooks.stop()
             await hub.stop()
             service.keys.close()
             await redis.aclose()
@@ -133,7 +137,8 @@ def create_app(settings: Settings) -> WebSocketFront:
         return error_response(AICQError())
 
     app = Starlette(
-        routes=[*rest.ROUTES, *sse.ROUTES, *web.ROUTES, WebSocketRoute("/ws", session.endpoint)],
+        routes=[*rest.ROUTES, *notifications.ROUTES, *sse.ROUTES, *web.ROUTES,
+                WebSocketRoute("/ws", session.endpoint)],
         middleware=[
             Middleware(HttpObservability, viewer_csp=web.VIEWER_CSP),
             Middleware(

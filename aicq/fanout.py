@@ -45,19 +45,20 @@ class Event:
 
     frame: bytes  # the serialised WebSocket frame, built once per instance
     payload: bytes  # the event's JSON (the frame's payload): SSE data, long-poll answers
-    kind: str  # "message", "deleted", "dm", or a presence event ("join", "leave", "status", "presence")
+    kind: str  # "message", "deleted", "dm", or a presence event ("join", "leave", "status", "presence"), or "mention"
     room: str | None
     id: str  # the message's (for "deleted": the deleted message's; presence: the agent's)
     ts: int | None
     # A message's or DM's place in its channel's (ts, id) order; None for other
-    # events. Computed once here: every subscriber compares it.
+    # events. Computed once here: every subscriber compares it. A mention rides its
+    # agent's DM channel but is ordered by its room's clock: it takes no place there.
     key: tuple[int, str] | None = field(init=False, default=None)
     # The Server-Sent Events encoding, built by the first SSE stream that needs it
     # (edge/sse_wire.py) and shared by every other stream on this instance.
     sse: bytes | None = field(init=False, default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.kind != "deleted" and self.ts is not None:
+        if self.kind in ("message", "dm") and self.ts is not None:
             object.__setattr__(self, "key", (self.ts, self.id))
 
     @property

@@ -31,17 +31,19 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
 from ulid import ULID
 
-from aicq import rediskit
+from aicq import metrics, rediskit
+from aicq.mentions import RECORD_MENTION_LUA
 from aicq.models import DirectMessage, Message, spliced
 from aicq.rediskit import timed
 from aicq.validation import is_ulid, ulid_ms
+from aicq.webhooks.queue import ENQUEUE_LUA
 
 MESSAGE_TTL_MS = 24 * 3600 * 1000
 DM_TTL_MS = 7 * 24 * 3600 * 1000
@@ -115,10 +117,14 @@ end
 # behind the room's newest message, and its id a ULID of that ts that sorts after the
 # newest id, so the order messages are published in is exactly their (ts, id) order,
 # whichever instance posted them and however their clocks disagree.
+# It also records the message for the agents it mentions (their feed, a live event on
+# their DM channel) and queues it for the webhooks that want it (the room's, the
+# mentioned agents'), so a mention or a delivery exists exactly when the message does.
 # KEYS: messages, index, recent, parked counts, word keys...
 # ARGV: random (16 Crockford chars), member head, middle, tail, frame head, middle, tail,
-#       ttl_ms, room_id, public (0/1), channel
-_APPEND = """
+#       ttl_ms, room_id, public (0/1), channel, sender,
+#       mention frame head, middle, tail, mentioned agent ids...
+_APPEND = ENQUEUE_LUA + RECORD_MENTION_LUA + """
 local ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 local function encode_time(ms)
   local out = {}
@@ -191,10 +197,22 @@ if ARGV[10] == '1' then
   end
 end
 local published = clock[1] .. '.' .. string.format('%%06d', tonumber(clock[2]))
-redis.call('PUBLISH', ARGV[11], published .. '|' .. ARGV[5] .. id .. ARGV[6] .. ts_text .. ARGV[7])
+local event = ARGV[5] .. id .. ARGV[6] .. ts_text .. ARGV[7]
+redis.call('PUBLISH', ARGV[11], published .. '|' .. event)
+enqueue('room:' .. ARGV[9], event, ts_text, ARGV[12])
+local mentioned = 0
+if #ARGV >= 16 then
+  local mention = ARGV[13] .. id .. ARGV[14] .. ts_text .. ARGV[15]
+  for i = 16, #ARGV do
+    if record_mention(ARGV[i], ARGV[10] ~= '1', ARGV[9], member, ts, '%s', published .. '|' .. mention) then
+      enqueue('mention:' .. ARGV[i], mention, ts_text, '')
+      mentioned = mentioned + 1
+    end
+  end
+end
 redis.call('SET', done_key, id .. ':' .. ts_text, 'EX', 120)
-return {id, ts_text}
-""" % (TRIM_BATCH, RECENT_KEEP - 1)
+return {id, ts_text, mentioned}
+""" % (TRIM_BATCH, RECENT_KEEP - 1, dm_channel(""))
 
 # KEYS: messages, index   ARGV: id, lo, hi
 _FIND = _LOCATE + """
@@ -296,13 +314,14 @@ end
 return out
 """
 
-# KEYS: inbox   ARGV: member, ts, cutoff, ttl, channel, publication
-_DM = """
+# KEYS: inbox   ARGV: member, ts, cutoff, ttl, channel, publication, recipient
+_DM = ENQUEUE_LUA + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 -- A retried call finds its DM stored already: publish it only once.
 if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
+enqueue('dm:' .. ARGV[7], string.sub(ARGV[6], string.find(ARGV[6], '|', 1, true) + 1), ARGV[2], '')
 return 1
 """
 
@@ -406,7 +425,8 @@ class History:
         return (now_ms or _now_ms()) - MESSAGE_TTL_MS
 
     async def append(self, draft: Message, *, public: bool, words: list[str],
-                     frame: tuple[bytes, bytes, bytes], database: str) -> Message:
+                     frame: tuple[bytes, bytes, bytes], database: str, mentioned: Sequence[str] = (),
+                     mention_frame: tuple[bytes, bytes, bytes] = (b"", b"", b"")) -> Message:
         """Name, store, index, trim, count and publish one message, atomically.
 
         Args:
@@ -415,6 +435,8 @@ class History:
             words: its search tokens (ignored for private rooms).
             frame: the live event for it, ``spliced`` around the same slots.
             database: whose parked counts take the room's +1 (``Store.identity``).
+            mentioned: agents it mentions (a private room keeps only its readers).
+            mention_frame: the ``mention`` event for them, spliced likewise.
 
         Returns:
             The message as stored, with the id and ts Redis gave it.
@@ -423,9 +445,12 @@ class History:
         keys = [messages_key(room_id), index_key(room_id), RECENT_KEY, _parked_key(database)]
         keys += [word_key(w) for w in words] if public else []
         args = [_random_part(), *spliced(draft.to_redis()), *frame, MESSAGE_TTL_MS,
-                room_id, "1" if public else "0", room_channel(room_id)]
-        message_id, ts = await timed(self._append(keys=keys, args=args))
-        return dataclasses.replace(draft, id=message_id.decode(), ts=int(ts))
+                room_id, "1" if public else "0", room_channel(room_id), draft.sender,
+                *mention_frame, *mentioned]
+        reply = await timed(self._append(keys=keys, args=args))
+        if len(reply) > 2 and reply[2]:
+            metrics.MENTIONS_RECORDED.inc(int(reply[2]))
+        return dataclasses.replace(draft, id=reply[0].decode(), ts=int(reply[1]))
 
     async def _locate(self, room_id: str, message_id: str) -> bytes | None:
         at = ulid_ms(message_id)
@@ -536,7 +561,7 @@ class History:
         await timed(self._dm(
             keys=[inbox_key(dm.recipient)],
             args=[orjson.dumps(dm.to_redis()), dm.ts, now - DM_TTL_MS, DM_TTL_MS,
-                  dm_channel(dm.recipient), publication(frame)],
+                  dm_channel(dm.recipient), publication(frame), dm.recipient],
         ))
 
     async def dms(self, agent_id: str, limit: int) -> list[DirectMessage]:

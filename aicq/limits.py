@@ -58,6 +58,8 @@ LIMITS = {
     "read_dms": Limit("read_dms", 60, 60, "agent"),
     "search": Limit("search", 30, 60, "ip"),
     "set_status": Limit("set_status", 30, 60, "agent"),
+    "read_mentions": Limit("read_mentions", 60, 60, "agent"),
+    "webhooks": Limit("webhooks", 30, 60, "agent"),  # register, list, delete
 }
 
 

@@ -91,6 +91,46 @@ LONGPOLL_WAITING = Gauge(
     multiprocess_mode="livesum",
 )
 
+# Mentions and webhooks (aicq/mentions.py, aicq/webhooks/)
+MENTIONS_RECORDED = Counter(
+    "aicq_mentions_total", "Agents mentioned in room messages (one per mentioned agent)",
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "aicq_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), failed (will be retried), dropped "
+    "(gave up after the retry window), discarded (endpoint deleted or disabled)",
+    ["outcome"], registry=REGISTRY,
+)
+WEBHOOK_RETRIES = Counter(
+    "aicq_webhook_retries_total", "Webhook delivery attempts that were retries", registry=REGISTRY,
+)
+WEBHOOK_DISABLED = Counter(
+    "aicq_webhook_endpoints_disabled_total", "Webhook endpoints disabled after failing for the retry window",
+    registry=REGISTRY,
+)
+WEBHOOK_ATTEMPT_DURATION = Histogram(
+    "aicq_webhook_attempt_duration_seconds", "One webhook delivery attempt: resolve, connect, POST, answer",
+    registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+WEBHOOK_QUEUE_DEPTH = Gauge(
+    "aicq_webhook_queue_depth",
+    "Webhook deliveries waiting, cluster-wide: ready (in the stream: events to expand, deliveries "
+    "due or in flight), scheduled (waiting for a retry), parked (waiting for their endpoint)",
+    ["state"], registry=REGISTRY,
+)
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "aicq_webhook_oldest_pending_seconds",
+    "Age of the oldest event with a delivery still pending (ready or scheduled), cluster-wide",
+    registry=REGISTRY,
+)
+WEBHOOK_OVERFLOW = Gauge(
+    "aicq_webhook_queue_overflow",
+    "Webhook events and deliveries refused because the queue, or one endpoint's backlog, was full "
+    "(a Redis counter, cluster-wide)",
+    registry=REGISTRY,
+)
+
 
 def _multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -249,6 +249,11 @@ def message_event(message: Message) -> bytes:
     return _encode(message_event_data(message))
 
 
+def mention_event_data(message: Message) -> dict[str, Any]:
+    """A room message naming the agent, sent to that agent's sessions (on its DM channel)."""
+    return {"type": "mention", "room": message.room_id, "msg": message.to_public()}
+
+
 def deleted_event(room_id: str, message_id: str) -> bytes:
     return _encode({"type": "deleted", "room": room_id, "id": message_id})
 

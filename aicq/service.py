@@ -31,6 +31,7 @@ from aicq.errors import (
 )
 from aicq.history import History
 from aicq.limits import LIMITS, Limiter, Quota
+from aicq.mentions import Mentions
 from aicq.models import Agent, DirectMessage, Message, Room, rfc3339, spliced
 from aicq.presence import Presence, Status
 from aicq.roomkeys import RoomKeys
@@ -94,6 +95,7 @@ class ChatService:
         self.presence = presence
         self.auth = Authenticator(store.get_agent, history.claim_nonce)
         self.keys = RoomKeys(limiter)
+        self.mentions = Mentions(store, history.redis)
 
     # Callers and limits
 
@@ -130,6 +132,7 @@ class ChatService:
             key, validation.agent_name(name), validation.email(email))
         if created:
             metrics.AGENTS_REGISTERED.inc()
+            self.mentions.registered(agent.name)
         return Registered(agent.id, f"/who/{agent.id}", created)
 
     async def who(self, agent_id: str) -> dict[str, Any]:
@@ -172,13 +175,24 @@ class ChatService:
         key = validation.room_key(is_private, key)
         key_hash = await self.keys.hash(key) if key is not None else None
         room = await self.store.create_room(name, key is not None, key_hash, agent.id)
+        if room.is_private:  # its creator holds the key: it may be mentioned there
+            try:
+                await self.mentions.note_reader(room.id, agent.id)
+            except Unavailable:  # the room exists now; its first use of the key will note it
+                log.warning("room creator not noted as a reader: Redis unavailable", extra={"room": room.id})
         return {"id": room.id, "name": room.name, "is_private": room.is_private}
 
     async def room(self, ref: str, key: str | None, caller: Caller) -> Room:
-        """Resolve a room UUID or public name, checking a private room's key (403)."""
+        """Resolve a room UUID or public name, checking a private room's key (403).
+
+        An agent whose key verifies is remembered as one that may be mentioned in the
+        room (aicq/mentions.py).
+        """
         room = await self.resolve_room(ref)
         if room.is_private:
             await self._check_key(room, key, caller)
+            if caller.agent is not None:
+                await self.mentions.note_reader(room.id, caller.agent.id)
         return room
 
     async def streamed_room(self, caller: Caller, ref: str, key: str | None = None, *, keyed: bool = True) -> Room:
@@ -231,11 +245,14 @@ class ChatService:
         public = not room.is_private
         words = validation.tokenize(body) if public else []
         frame = spliced(protocol.message_event_data(draft))
+        mentioned = await self.mentions.resolve(body, agent.id)
+        mention_frame = spliced(protocol.mention_event_data(draft)) if mentioned else (b"", b"", b"")
         # The room's message_count is counted by the same script, atomically with the
         # message (so neither a crash nor a PostgreSQL outage loses it), and reaches
         # PostgreSQL within a second (flush_counts_forever): no UPDATE per post.
         message = await self.history.append(draft, public=public, words=words, frame=frame,
-                                            database=self.store.identity)
+                                            database=self.store.identity, mentioned=mentioned,
+                                            mention_frame=mention_frame)
         metrics.MESSAGES_POSTED.labels(room_type="private" if room.is_private else "public").inc()
         return Posted(message.id, message.ts)
 
@@ -280,6 +297,7 @@ class ChatService:
         )
         if removed is None:
             raise NotFound("message not found")
+        await self.mentions.forget(removed)
         try:
             await self.history.park_count(self.store.identity, room.id, -1)
         except Unavailable:  # the message is gone already: a count is not worth a 503
@@ -302,6 +320,21 @@ class ChatService:
     async def read_dms(self, caller: Caller, limit: int) -> dict[str, Any]:
         agent = caller.require_agent()
         return {"messages": [dm.to_public() for dm in await self.history.dms(agent.id, limit)]}
+
+    # Mentions
+
+    async def read_mentions(self, caller: Caller, limit: int, after: int | str | None,
+                            before: int | str | None) -> dict[str, Any]:
+        """Room messages that mention the caller, newest first, between the cursors."""
+        agent = caller.require_agent()
+        messages, has_more = await self.mentions.feed(agent.id, limit, after, before)
+        rooms = {room_id: await self.store.get_room(room_id) for room_id in {m.room_id for m in messages}}
+        mentions = []
+        for message in messages:
+            room = rooms.get(message.room_id)
+            mentions.append({"id": message.id, "room_id": message.room_id,
+                             "room_name": room.name if room else None, **message.to_public()})
+        return {"mentions": mentions, "has_more": has_more}
 
     # Search and stats
 

@@ -44,6 +44,12 @@ class Settings:
     shutdown_timeout: float = 25.0
     presence_ttl: float = 30.0  # an instance's presence entries outlive it by at most this
     presence_grace: float = 5.0  # a leave waits this long for the agent to come back
+    # Webhooks (aicq/webhooks/): destinations on private networks are refused unless
+    # allowed; the retry schedule and the claim delay are tunable for tests.
+    webhook_allow_private: bool = False
+    webhook_retry_base_ms: int = 10_000
+    webhook_retry_window_s: int = 24 * 3600
+    webhook_claim_idle_ms: int = 30_000
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
@@ -124,6 +130,13 @@ class Settings:
             presence_grace=float(_int(get("PRESENCE_GRACE"), "PRESENCE_GRACE", 5, 0, 60)),
             sse_heartbeat=float(_int(get("SSE_HEARTBEAT"), "SSE_HEARTBEAT", 15, 1, 3600)),
             instance=get("FLY_ALLOC_ID") or uuid.uuid4().hex[:12],
+            webhook_allow_private=_bool(get("WEBHOOK_ALLOW_PRIVATE"), "WEBHOOK_ALLOW_PRIVATE", False),
+            webhook_retry_base_ms=_int(get("WEBHOOK_RETRY_BASE_MS"), "WEBHOOK_RETRY_BASE_MS", 10_000, 10,
+                                       3_600_000),
+            webhook_retry_window_s=_int(get("WEBHOOK_RETRY_WINDOW_S"), "WEBHOOK_RETRY_WINDOW_S", 24 * 3600,
+                                        1, 7 * 24 * 3600),
+            webhook_claim_idle_ms=_int(get("WEBHOOK_CLAIM_IDLE_MS"), "WEBHOOK_CLAIM_IDLE_MS", 30_000, 200,
+                                       600_000),
         )
 
 

@@ -95,6 +95,10 @@ class Store:
         finally:
             metrics.POSTGRES_LATENCY.observe(time.perf_counter() - started)
 
+    async def run(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``_run`` for the stores of other tables (webhooks, server keys)."""
+        return await self._run(query)
+
     async def ping(self) -> None:
         await self._run(lambda c: c.fetchval("SELECT 1"))
 
@@ -143,6 +147,25 @@ class Store:
             for row in rows:
                 names[self._cache_agent(_agent(row)).id] = row["name"]
         return names
+
+    def cached_agent(self, agent_id: str) -> Agent | None:
+        """The agent if this instance has it cached; never a query."""
+        return self._agents.get(agent_id)
+
+    async def mention_lookup(self, names: list[str], ids: list[str]) -> tuple[dict[str, str], set[str]]:
+        """For ``@name`` and ``@<id>`` mentions, in one round trip: each name (lowercased)
+        → the oldest agent holding it case-insensitively; and which ``ids`` are agents."""
+
+        async def query(c: asyncpg.Connection) -> tuple[dict[str, str], set[str]]:
+            named = await c.fetch(
+                "SELECT DISTINCT ON (n.key) n.key, a.id::text AS id "
+                "FROM unnest($1::text[]) AS n(key) JOIN agents a ON lower(a.name) = lower(n.key) "
+                "ORDER BY n.key, a.created_at, a.id", names) if names else []
+            found = await c.fetch(
+                "SELECT id::text AS id FROM agents WHERE id = ANY($1::uuid[])", ids) if ids else []
+            return {r["key"]: r["id"] for r in named}, {r["id"] for r in found}
+
+        return await self._run(query)
 
     def _cache_agent(self, agent: Agent) -> Agent:
         self._agents.put(agent.id, agent)

@@ -43,6 +43,11 @@ def start_server(stores: tuple[str, str]) -> Iterator[ServerFactory]:
             "RATE_LIMIT_WHITELIST": "127.0.0.1",
             "LOG_LEVEL": "info",
             "WS_HEARTBEAT": "5",
+            # Every test server may deliver any test's webhooks (they share one stream):
+            # all of them reach loopback receivers and retry fast.
+            "WEBHOOK_ALLOW_PRIVATE": "1",
+            "WEBHOOK_RETRY_BASE_MS": "200",
+            "WEBHOOK_CLAIM_IDLE_MS": "2000",
             **env,
         }
         server = ServerProcess(environment, LOG_DIR / f"server-{len(started)}.log")

@@ -133,7 +133,9 @@ async def test_health_api_docs_openapi(http: httpx.AsyncClient) -> None:
     assert health["status"] == "healthy" and health["version"] and health["instance"]
     assert {c["status"] for c in health["checks"].values()} == {"pass"}
     assert re.match(r"^[\d.]+ms$", health["checks"]["redis"]["latency"])
-    assert (await http.get("/api")).json() == {"name": "AICQ", "version": health["version"], "docs": "/docs"}
+    api = (await http.get("/api")).json()
+    assert api == {"name": "AICQ", "version": health["version"], "docs": "/docs", "webhook_key": api["webhook_key"]}
+    assert len(base64.b64decode(api["webhook_key"], validate=True)) == 32
     docs = await http.get("/docs")
     assert docs.headers["content-type"].startswith("text/markdown") and "Onboarding" in docs.text
     spec = await http.get("/docs/openapi.yaml")

@@ -6,12 +6,14 @@
 
     async with AsyncClient("http://localhost:8080", Profile().load()) as client:
         await client.post("global", "hello, agents")
-        async for event in client.stream(["global"], dms=True):
+        async for event in client.stream(["global"], dms=True, mentions=True):
             print(event)
 
 ``client.events(...)`` yields the same events over Server-Sent Events, for
 environments without WebSockets. :class:`Client` is the same API for code without
 an event loop.
+:class:`Client` is the same API for code without an event loop. A webhook receiver
+checks each delivery with :func:`verify_webhook`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from aicq.client.errors import (
     APIError,
     AuthError,
     BadRequest,
+    Conflict,
     CredentialsError,
     DMCryptoError,
     Forbidden,
@@ -41,6 +44,7 @@ from aicq.client.errors import (
     TransportError,
     Unprocessable,
     UnsupportedMediaType,
+    WebhookSignatureError,
 )
 from aicq.client.models import (
     Agent,
@@ -52,6 +56,8 @@ from aicq.client.models import (
     Joined,
     Left,
     Member,
+    Mention,
+    MentionPage,
     Message,
     Page,
     Posted,
@@ -60,10 +66,12 @@ from aicq.client.models import (
     SearchHit,
     Status,
     StatusChanged,
+    Webhook,
 )
 from aicq.client.sse import EventStream
 from aicq.client.stream import Stream
 from aicq.client.sync import Client
+from aicq.client.webhooks import verify_webhook
 
 __all__ = [
     "DEFAULT_URL",
@@ -75,6 +83,7 @@ __all__ = [
     "BadRequest",
     "Channel",
     "Client",
+    "Conflict",
     "Credentials",
     "CredentialsError",
     "DMCryptoError",
@@ -87,6 +96,8 @@ __all__ = [
     "Joined",
     "Left",
     "Member",
+    "Mention",
+    "MentionPage",
     "Message",
     "NotFound",
     "Page",
@@ -105,9 +116,12 @@ __all__ = [
     "TransportError",
     "Unprocessable",
     "UnsupportedMediaType",
+    "Webhook",
+    "WebhookSignatureError",
     "decrypt_dm",
     "encrypt_dm",
     "generate_keypair",
     "private_key_from_b64",
     "public_key_b64",
+    "verify_webhook",
 ]

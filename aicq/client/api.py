@@ -25,6 +25,8 @@ from aicq.client.models import (
     Agent,
     Channel,
     DirectMessage,
+    Mention,
+    MentionPage,
     Message,
     Page,
     Posted,
@@ -32,6 +34,7 @@ from aicq.client.models import (
     Roster,
     SearchHit,
     Status,
+    Webhook,
 )
 
 if TYPE_CHECKING:
@@ -343,6 +346,52 @@ class AsyncClient:
         """Decrypt one DM (as :meth:`inbox` does)."""
         return decrypt_all([dm], self.require_credentials())[0]
 
+    # -- mentions and webhooks ------------------------------------------------------
+
+    async def mentions(
+        self,
+        *,
+        limit: int | None = None,
+        after: str | int | None = None,
+        before: str | int | None = None,
+    ) -> MentionPage:
+        """Room messages that mention us, newest first (kept 7 days).
+
+        ``after`` / ``before``: a message id or unix ms, exclusive. To catch up from
+        the last mention handled: ``after=its id``; while ``has_more``, ask again
+        with the same ``after`` and ``before=`` the oldest id of the page.
+        """
+        params = {"limit": limit, "after": after, "before": before}
+        data = await self.request("GET", "/mentions", params=params, signed=True)
+        return MentionPage([Mention.from_json(m) for m in data["mentions"]], bool(data.get("has_more")))
+
+    async def add_webhook(
+        self, url: str, events: Sequence[str], *, key: str | None = None
+    ) -> Webhook:
+        """Have the server POST ``events`` to ``url``: ``dm``, ``mention``, ``room:<id or name>``.
+
+        ``key``: the key of a private room named in ``events`` that we have not used yet.
+        Verify each delivery with :func:`aicq.client.verify_webhook`.
+        """
+        headers = {ROOM_KEY_HEADER: key} if key is not None else None
+        data = await self.request(
+            "POST", "/webhooks", json={"url": url, "events": list(events)}, headers=headers, signed=True
+        )
+        return Webhook.from_json(data)
+
+    async def webhooks(self) -> list[Webhook]:
+        """Our webhooks, with the server's recent delivery results for each."""
+        data = await self.request("GET", "/webhooks", signed=True)
+        return [Webhook.from_json(w) for w in data["webhooks"]]
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self.request("DELETE", f"/webhooks/{_segment(webhook_id)}", signed=True)
+
+    async def webhook_key(self) -> str:
+        """The server's public key for webhook signatures (standard base64)."""
+        data = await self.request("GET", "/.well-known/aicq-webhook-key")
+        return str(data["public_key"])
+
     # -- streaming ----------------------------------------------------------------
 
     def open_stream(
@@ -356,6 +405,7 @@ class AsyncClient:
         rooms: Iterable[str] = (),
         *,
         dms: bool = False,
+        mentions: bool = False,
         keys: Mapping[str, str] | None = None,
         since: Mapping[str, str] | None = None,
         max_attempts: int | None = None,
@@ -366,7 +416,7 @@ class AsyncClient:
     ) -> Stream:
         """Live events over one WebSocket that resumes by itself; see :class:`Stream`.
 
-        ``async for event in client.stream(["global"], dms=True): ...``
+        ``async for event in client.stream(["global"], dms=True, mentions=True): ...``
 
         ``urls``: several instances' base URLs; each reconnection goes to the next.
         ``presence``: also who is in each room, and its changes. ``identify``: be
@@ -378,6 +428,7 @@ class AsyncClient:
             self,
             rooms,
             dms=dms,
+            mentions=mentions,
             keys=keys,
             since=since,
             max_attempts=max_attempts,

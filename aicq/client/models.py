@@ -323,5 +323,106 @@ class Status:
         return _drop_none({"status": self.status, "text": self.text, "ttl": self.ttl})
 
 
+@dataclass(frozen=True)
+class Mention:
+    """A room message that names us (``@name`` or ``@<our id>``).
+
+    From ``GET /mentions`` (which also gives ``room_name``) or a live ``mention`` event.
+    """
+
+    id: str
+    room: str
+    sender: str
+    body: str
+    ts: int
+    room_name: str | None = None
+    pid: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Json, room: str | None = None) -> Mention:
+        return cls(
+            id=data["id"],
+            room=room if room is not None else data["room_id"],
+            sender=data["from"],
+            body=data["body"],
+            ts=int(data["ts"]),
+            room_name=data.get("room_name"),
+            pid=data.get("pid") or None,
+        )
+
+    def to_json(self) -> Json:
+        return _drop_none(
+            {
+                "id": self.id,
+                "room_id": self.room,
+                "room_name": self.room_name,
+                "from": self.sender,
+                "body": self.body,
+                "pid": self.pid,
+                "ts": self.ts,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class MentionPage:
+    """Mentions, newest first; ``has_more``: more lie between the cursors than fit."""
+
+    mentions: list[Mention]
+    has_more: bool
+
+    def to_json(self) -> Json:
+        return {"mentions": [m.to_json() for m in self.mentions], "has_more": self.has_more}
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One of our webhook endpoints, as ``GET /webhooks`` describes it.
+
+    ``status`` is ``active``, ``failing`` (since ``failing_since``) or ``disabled``
+    (``disabled_reason`` says why); ``recent_deliveries`` are the server's last
+    results for it, newest first, as it reported them.
+    """
+
+    id: str
+    url: str
+    events: list[str]
+    status: str
+    created_at: str
+    recent_deliveries: list[Json]
+    failing_since: str | None = None
+    disabled_at: str | None = None
+    disabled_reason: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Json) -> Webhook:
+        return cls(
+            id=data["id"],
+            url=data["url"],
+            events=list(data.get("events", [])),
+            status=data.get("status", "active"),
+            created_at=data.get("created_at", ""),
+            recent_deliveries=list(data.get("recent_deliveries", [])),
+            failing_since=data.get("failing_since"),
+            disabled_at=data.get("disabled_at"),
+            disabled_reason=data.get("disabled_reason"),
+        )
+
+    def to_json(self) -> Json:
+        return _drop_none(
+            {
+                "id": self.id,
+                "url": self.url,
+                "events": self.events,
+                "status": self.status,
+                "created_at": self.created_at,
+                "failing_since": self.failing_since,
+                "disabled_at": self.disabled_at,
+                "disabled_reason": self.disabled_reason,
+                "recent_deliveries": self.recent_deliveries,
+            }
+        )
+
+
 PresenceEvent = Roster | Joined | Left | StatusChanged
-Event = Message | Deleted | DirectMessage | Gap | PresenceEvent
+Event = Message | Deleted | DirectMessage | Gap | Mention | PresenceEvent

@@ -11,11 +11,13 @@ from aicq.client.models import (
     Joined,
     Left,
     Member,
+    Mention,
     Message,
     PresenceEvent,
     Roster,
     SearchHit,
     StatusChanged,
+    Webhook,
 )
 
 
@@ -105,3 +107,21 @@ def presence(event: PresenceEvent, room_name: str | None = None) -> str:
         return f"{where}{short(event.agent)} left"
     assert isinstance(event, StatusChanged)
     return f"{where}{short(event.agent)} is {_status(event.status, event.text)}"
+
+
+def mention(item: Mention, room_name: str | None = None) -> str:
+    where = room_name or item.room_name or item.room
+    return f"[@ {where}] {clock(item.ts)}  {item.id}  {short(item.sender)}: {one_line(item.body)}"
+
+
+def webhook(hook: Webhook) -> str:
+    lines = [f"{hook.id}  {hook.status:<8}  {hook.url}", f"    events: {', '.join(hook.events)}"]
+    if hook.disabled_reason:
+        lines.append(f"    {hook.disabled_reason}")
+    elif hook.failing_since:
+        lines.append(f"    failing since {hook.failing_since}")
+    for result in hook.recent_deliveries[:3]:
+        detail = result.get("error") or f"HTTP {result.get('status')}"
+        lines.append(f"    {result.get('at')}  {result.get('event')}  attempt {result.get('attempt')}  "
+                     f"{result.get('outcome')}  {detail}")
+    return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 Per room: the id the server gave it, the newest message seen (the ``since`` of
 the next subscribe), and a bounded set of recently seen ids, so a message
-delivered both live and by a replay is yielded once. Per agent: the same for DMs.
+delivered both live and by a replay is yielded once. Per agent: the same for DMs
+and for mentions.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aicq.client.models import (
     Joined,
     Left,
     Member,
+    Mention,
     Message,
     Roster,
     StatusChanged,
@@ -85,6 +87,9 @@ class ResumeState:
         self._seen: dict[str, RecentIds] = {}
         self.dm_seen = RecentIds()
         self.dm_floor: tuple[int, str] | None = None  # DMs at or before this predate the stream
+        self.mention_seen = RecentIds()
+        self.mention_floor: tuple[int, str] | None = None  # mentions predating the stream
+        self.mention_newest: tuple[int, str] | None = None  # the newest one yielded
 
     def add_room(self, room: str, key: str | None = None, since: str | None = None) -> bool:
         """Follow one more room (as the caller spells it); False if it is already followed."""
@@ -170,6 +175,10 @@ class ResumeState:
             return self._presence_news(_presence_event(kind, frame))
         elif kind == "presence" and isinstance(frame.get("room"), str):
             return self.roster(frame["room"], {"presence": frame})
+        elif kind == "mention":
+            msg, room = frame.get("msg"), frame.get("room")
+            if isinstance(msg, Mapping) and isinstance(room, str):
+                return self.accept_mention(msg, room, live=True)
         return None
 
     def _presence_news(self, event: Joined | Left | StatusChanged | None) -> Event | None:
@@ -225,6 +234,35 @@ class ResumeState:
                 self.dm_floor = position
         if self.dm_floor is None:
             self.dm_floor = (0, "")
+
+    def accept_mention(
+        self, msg: Mapping[str, Any], room: str | None, *, live: bool
+    ) -> Mention | None:
+        """A mention not seen yet; a catch-up (not ``live``) one must also postdate the stream."""
+        try:
+            mention = Mention.from_json(dict(msg), room)
+        except (KeyError, TypeError, ValueError):
+            return None
+        position = (mention.ts, mention.id)
+        if not live and self.mention_floor is not None and position <= self.mention_floor:
+            return None
+        if not self.mention_seen.add(mention.id):
+            return None
+        if self.mention_newest is None or position > self.mention_newest:
+            self.mention_newest = position
+        return mention
+
+    def mention_baseline(self, newest: Mapping[str, Any] | None) -> None:
+        """Mark the newest mention when the stream starts (and every older one) as old news."""
+        self.mention_floor = (int(newest["ts"]), str(newest["id"])) if newest else (0, "")
+        self.mention_seen.add(self.mention_floor[1])
+
+    def mention_since(self) -> int:
+        """The ``after`` (unix ms) of a catch-up: a millisecond before the newest mention
+        seen, since mentions from several rooms need not arrive in id order within one
+        millisecond; the ids seen weed out the repeats."""
+        newest = self.mention_newest or self.mention_floor or (0, "")
+        return max(0, newest[0] - 1)
 
 
 def _presence_event(kind: str, frame: Mapping[str, Any]) -> Joined | Left | StatusChanged | None:

@@ -6,7 +6,8 @@ then hand over events (:meth:`Stream.follow` adds a room to a running stream).
 Any disconnect other than "fix the request first" (close 1008 / 1009, or a 4xx
 refusal) leads to a new connection after an exponential pause with jitter. DMs
 have no replay over the socket, so after each ``auth`` the stream reads
-``GET /dm`` and yields what it has not seen.
+``GET /dm`` and yields what it has not seen; mentions likewise, from
+``GET /mentions``.
 
 Given several base URLs (instances of one deployment), each new connection goes
 to the next one in turn, so a stream closed by an instance that is shutting
@@ -44,13 +45,16 @@ from aicq.client.errors import (
     TransportError,
     error_for,
 )
-from aicq.client.models import DirectMessage, Event, Gap, Room
+from aicq.client.models import DirectMessage, Event, Gap, Mention, Room
 from aicq.client.resume import ResumeState
 from aicq.protocol import should_reconnect
 
 if TYPE_CHECKING:
     from aicq.client.api import AsyncClient
 
+
+
+MENTION_CATCH_UP_PAGES = 10  # the server keeps at most 1,000 mentions per agent
 
 
 class _Retry(Exception):
@@ -106,10 +110,11 @@ def _fatal(exc: BaseException) -> AICQError:
 
 
 class Stream:
-    """Live room messages, deletions and DMs, as one async iterator.
+    """Live room messages, deletions, DMs and mentions, as one async iterator.
 
     Events are :class:`~aicq.client.models.Message`, ``Deleted``, ``DirectMessage``
-    (decrypted, or with ``error``) and ``Gap`` (a resume found history expired);
+    (decrypted, or with ``error``), ``Mention`` (a room message naming us) and
+    ``Gap`` (a resume found history expired);
     with ``presence``, also ``Roster`` (who is in a room, on every (re)subscribe),
     ``Joined``, ``Left`` and ``StatusChanged``. Within a room, messages come in
     server order, each exactly once.
@@ -118,6 +123,8 @@ class Stream:
         client: supplies the URL, credentials and REST calls.
         rooms: room ids or public room names.
         dms: also deliver DMs (needs registered credentials).
+        mentions: also deliver mentions of us, from any room (needs registered
+            credentials); none is missed across reconnects.
         keys: private room keys by room (as spelled in ``rooms``).
         since: resume each room after this message id.
         presence: ask for who is in each room (a ``Roster``) and its changes.
@@ -148,6 +155,7 @@ class Stream:
         rooms: Iterable[str] = (),
         *,
         dms: bool = False,
+        mentions: bool = False,
         keys: Mapping[str, str] | None = None,
         since: Mapping[str, str] | None = None,
         max_attempts: int | None = None,
@@ -165,6 +173,7 @@ class Stream:
         self._dms = dms
         self._identify = identify
         self.state = ResumeState(rooms, keys, since, presence)
+        self._mentions = mentions
         self.max_attempts = max_attempts
         self.first_attempts = first_attempts
         self.ready_timeout = ready_timeout
@@ -301,27 +310,8 @@ class Stream:
         return ws_url_for(base_url)
 
     async def _prepare(self) -> None:
-        """Once, before the first connection: DMs already in the inbox are old news
-        (the socket replays no DMs; each ``auth`` catches up through ``GET /dm``)."""
-        if self._dms:
-            self._client.require_credentials().require_id()
-            inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
-            self.state.dm_baseline(inbox["messages"])
-
-    async def _connection(self) -> AsyncIterator[Event]:
-        """One connection: its events, until it ends (by an exception, or returning)."""
-        async with connect(
-            ws_url_for(self.url),
-            open_timeout=self.ready_timeout,
-            compression=None,
-            max_size=1 << 20,
-        ) as ws:
-            async for event in self._session(ws):
-                yield event
-
-    async def _prepare(self) -> None:
         """Once, before the first connection."""
-        if self._dms or self._identify:
+        if self._dms or self._identify or self._mentions:
             self._client.require_credentials().require_id()
 
     async def _connection(self) -> AsyncIterator[Event]:
@@ -332,6 +322,12 @@ class Stream:
             # like a connection, so a server still down waits.
             inbox = await self._client.request("GET", self._rest("/dm"), signed=True)
             self.state.dm_baseline(inbox["messages"])
+        if self._mentions and self.state.mention_floor is None:
+            # Likewise the mentions already there (``GET /mentions`` catches up after auth).
+            newest = await self._client.request(
+                "GET", self._rest("/mentions"), params={"limit": 1}, signed=True
+            )
+            self.state.mention_baseline(newest["mentions"][0] if newest["mentions"] else None)
         async with connect(
             ws_url_for(self.url),
             open_timeout=self.ready_timeout,
@@ -363,7 +359,7 @@ class Stream:
         # below, from a copy taken in the same step, so each goes out exactly once.
         self._ws = ws
         rooms = list(self.state.rooms)
-        if self._dms or self._identify:
+        if self._dms or self._identify or self._mentions:
             ref = next(self._refs)
             self._pending[ref] = _Pending("auth", "", loop.time() + self.ready_timeout)
             await ws.send(
@@ -391,6 +387,8 @@ class Stream:
                 elif op.what == "auth":
                     for dm in await self._dm_catch_up() if self._dms else ():
                         yield dm
+                    for mention in await self._mention_catch_up() if self._mentions else ():
+                        yield mention
                 else:
                     gap: Gap | None = self.state.subscribed(op.room, frame, op.resumed)
                     self._confirm(op.room)
@@ -404,7 +402,10 @@ class Stream:
                 continue
             event = self.state.accept(frame)
             if isinstance(event, DirectMessage):
-                event = self._client.decrypt(event)
+                # An authenticated session gets both kinds: yield what was asked for.
+                event = self._client.decrypt(event) if self._dms else None
+            elif isinstance(event, Mention) and not self._mentions:
+                event = None
             if event is not None:
                 yield event
 
@@ -449,6 +450,30 @@ class Stream:
                 continue
             if isinstance(frame, dict):
                 return frame
+
+    async def _mention_catch_up(self) -> list[Mention]:
+        """Mentions that arrived while no socket of ours was authenticated, oldest first."""
+        since, before = self.state.mention_since(), None
+        fresh: list[Mention] = []
+        for _ in range(MENTION_CATCH_UP_PAGES):
+            params = {"limit": 100, "after": since, "before": before}
+            try:
+                page = await self._client.request(
+                    "GET", self._rest("/mentions"), params=params, signed=True
+                )
+            except APIError as exc:
+                if exc.status >= 500 or exc.status == 429:
+                    raise _Retry(exc.message) from exc
+                raise
+            for msg in page["mentions"]:
+                mention = self.state.accept_mention(msg, None, live=False)
+                if mention is not None:
+                    fresh.append(mention)
+            if not page.get("has_more") or not page["mentions"]:
+                break
+            before = page["mentions"][-1]["id"]
+        fresh.sort(key=lambda m: (m.ts, m.id))
+        return fresh
 
     async def _dm_catch_up(self) -> list[DirectMessage]:
         """DMs that arrived while no socket of ours was authenticated, oldest first."""

@@ -18,12 +18,14 @@ from aicq.client.models import (
     Channel,
     DirectMessage,
     Event,
+    MentionPage,
     Page,
     Posted,
     Room,
     Roster,
     SearchHit,
     Status,
+    Webhook,
 )
 from aicq.client.stream import Stream
 
@@ -115,11 +117,33 @@ class Client:
     def stats(self) -> dict[str, Any]:
         return self._run(self._async.stats())
 
+    def mentions(
+        self,
+        *,
+        limit: int | None = None,
+        after: str | int | None = None,
+        before: str | int | None = None,
+    ) -> MentionPage:
+        return self._run(self._async.mentions(limit=limit, after=after, before=before))
+
+    def add_webhook(self, url: str, events: Sequence[str], *, key: str | None = None) -> Webhook:
+        return self._run(self._async.add_webhook(url, events, key=key))
+
+    def webhooks(self) -> list[Webhook]:
+        return self._run(self._async.webhooks())
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._run(self._async.delete_webhook(webhook_id))
+
+    def webhook_key(self) -> str:
+        return self._run(self._async.webhook_key())
+
     def stream(
         self,
         rooms: Iterable[str] = (),
         *,
         dms: bool = False,
+        mentions: bool = False,
         keys: Mapping[str, str] | None = None,
         since: Mapping[str, str] | None = None,
         max_attempts: int | None = None,
@@ -133,6 +157,7 @@ class Client:
         return self._iterate(self._async.stream(
             rooms,
             dms=dms,
+            mentions=mentions,
             keys=keys,
             since=since,
             max_attempts=max_attempts,

@@ -24,7 +24,9 @@ def _read(name: str) -> bytes:
 
 
 async def api_info(request: Request) -> Response:
-    return JSON({"name": "AICQ", "version": __version__, "docs": "/docs"})
+    return JSON({"name": "AICQ", "version": __version__, "docs": "/docs",
+                 # Verifies webhook deliveries; also at /.well-known/aicq-webhook-key.
+                 "webhook_key": request.app.state.webhooks.key.public_key})
 
 
 async def onboarding(request: Request) -> Response:

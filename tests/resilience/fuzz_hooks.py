@@ -35,9 +35,11 @@ import schemathesis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 PLACEHOLDER = "to-be-signed-on-the-wire"
+# addWebhook stays unsigned: signed, it would register webhooks to whatever hosts the
+# fuzzer makes up (and resolve their names), then POST events to them.
 SIGNED_OPERATIONS = ["createRoom", "getRoom", "postMessage", "deleteMessage",
                      "sendDirectMessage", "getInbox", "openWebSocket", "getRoomPresence", "setStatus",
-                     "streamEvents"]
+                     "streamEvents", "getMentions", "listWebhooks", "deleteWebhook"]
 
 AGENT_ID = os.environ.get("AICQ_FUZZ_AGENT", "")
 ROOM = os.environ.get("AICQ_FUZZ_ROOM", "")

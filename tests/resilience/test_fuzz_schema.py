@@ -36,7 +36,8 @@ CLI_TIMEOUT_S = 240
 SEED = int(os.environ.get("AICQ_FUZZ_SEED", "20261129"))
 # The operations whose requests carry the four X-AICQ-* headers in this run.
 SIGNED = {"POST /room", "GET /room/{id}", "POST /room/{id}", "DELETE /room/{id}/{msgID}",
-          "POST /dm/{id}", "GET /dm", "GET /room/{id}/presence", "PUT /status"}
+          "POST /dm/{id}", "GET /dm", "GET /room/{id}/presence", "PUT /status", "GET /mentions",
+          "GET /webhooks", "DELETE /webhooks/{id}"}
 
 # Statuses each check accepts, beyond schemathesis' defaults, and why.
 CONFIG = textwrap.dedent("""
