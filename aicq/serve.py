@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import signal
 import sys
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -38,24 +39,28 @@ def with_stores(settings: Settings, embedded: EmbeddedStores) -> Settings:
     return dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
 
 
+def uvicorn_options(settings: Settings, *, lifespan: str = "on") -> dict[str, Any]:
+    """How AICQ runs uvicorn (one process or several); tests/test_uvicorn_contract.py
+    runs the same."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "http": "aicq.edge.httpserver:AICQHttpProtocol",
+        "ws": "aicq.edge.wsserver:AICQWebSocketProtocol",
+        "ws_max_size": protocol.MAX_FRAME_BYTES,
+        "ws_per_message_deflate": False,  # protocol.text_frame writes frames without extensions
+        "ws_ping_interval": settings.ws_heartbeat,
+        "ws_ping_timeout": settings.ws_heartbeat,
+        "proxy_headers": False,
+        "server_header": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+        "lifespan": lifespan,
+    }
+
+
 def uvicorn_config(app: ASGIApp, settings: Settings, *, lifespan: str = "on") -> uvicorn.Config:
-    """How AICQ runs uvicorn; tests/test_uvicorn_contract.py runs the same."""
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http="aicq.edge.httpserver:AICQHttpProtocol",
-        ws="aicq.edge.wsserver:AICQWebSocketProtocol",
-        ws_max_size=protocol.MAX_FRAME_BYTES,
-        ws_per_message_deflate=False,  # protocol.text_frame writes frames without extensions
-        ws_ping_interval=settings.ws_heartbeat,
-        ws_ping_timeout=settings.ws_heartbeat,
-        proxy_headers=False,
-        server_header=False,
-        log_config=None,
-        timeout_graceful_shutdown=settings.shutdown_timeout,
-        lifespan=lifespan,
-    )
+    return uvicorn.Config(app, **uvicorn_options(settings, lifespan=lifespan))
 
 
 class _Stop(SystemExit):
@@ -77,6 +82,12 @@ def run() -> None:
     embedded = EmbeddedStores(settings.data_dir)
     try:
         settings = with_stores(settings, embedded)
+        if settings.workers > 1:
+            from aicq.workers import serve_workers
+
+            log.info("starting %d workers on port %d", settings.workers, settings.port)
+            serve_workers(settings, settings.workers, uvicorn_options(settings))
+            return
         from aicq.app import create_app  # after logging is configured
 
         uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()

@@ -42,6 +42,7 @@ class Settings:
     ws_heartbeat: float = 20.0
     sse_heartbeat: float = 15.0  # a comment line this often keeps proxies from closing an idle stream
     shutdown_timeout: float = 25.0
+    workers: int = 1  # server processes on the port (WEB_CONCURRENCY; aicq/workers.py)
     presence_ttl: float = 30.0  # an instance's presence entries outlive it by at most this
     presence_grace: float = 5.0  # a leave waits this long for the agent to come back
     # Webhooks (aicq/webhooks/): destinations on private networks are refused unless
@@ -129,6 +130,7 @@ class Settings:
             presence_ttl=float(_int(get("PRESENCE_TTL"), "PRESENCE_TTL", 30, 3, 3600)),
             presence_grace=float(_int(get("PRESENCE_GRACE"), "PRESENCE_GRACE", 5, 0, 60)),
             sse_heartbeat=float(_int(get("SSE_HEARTBEAT"), "SSE_HEARTBEAT", 15, 1, 3600)),
+            workers=_int(get("WEB_CONCURRENCY"), "WEB_CONCURRENCY", 1, 1, 64),
             instance=get("FLY_ALLOC_ID") or uuid.uuid4().hex[:12],
             webhook_allow_private=_bool(get("WEBHOOK_ALLOW_PRIVATE"), "WEBHOOK_ALLOW_PRIVATE", False),
             webhook_retry_base_ms=_int(get("WEBHOOK_RETRY_BASE_MS"), "WEBHOOK_RETRY_BASE_MS", 10_000, 10,
