@@ -19,22 +19,25 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from aicq import migrate, rediskit
-from aicq.edge import rest, session, web
+from aicq.edge import notifications, rest, session, sse, web
+from aicq.edge.connections import SessionSlots
 from aicq.edge.middleware import HttpObservability
 from aicq.edge.request import error_response
 from aicq.errors import AICQError, MethodNotAllowed, NotFound
 from aicq.fanout import Hub
 from aicq.history import History
 from aicq.limits import Limiter
+from aicq.presence import Presence
 from aicq.service import ChatService
 from aicq.settings import Settings
 from aicq.store import Store
+from aicq.webhooks.runtime import Webhooks
 
 log = logging.getLogger("aicq")
 
 CORS_ALLOWED_HEADERS = [
     "Content-Type", "X-AICQ-Agent", "X-AICQ-Nonce", "X-AICQ-Timestamp", "X-AICQ-Signature",
-    "X-AICQ-Room-Key", "X-Request-ID",
+    "X-AICQ-Room-Key", "X-Request-ID", "Last-Event-ID",
 ]
 CORS_EXPOSED_HEADERS = [
     "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After", "X-Request-ID",
@@ -57,6 +60,12 @@ async def _connect_store(url: str, attempts: int = 30) -> Store:
             log.warning("waiting for PostgreSQL: %s", exc)
             await asyncio.sleep(1)
     raise AssertionError("unreachable")
+
+
+def _base_url(settings: Settings) -> str:
+    """Where a browser on this machine finds the service (a wildcard address is not a URL)."""
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
 
 
 class WebSocketFront:
@@ -88,22 +97,32 @@ def create_app(settings: Settings) -> WebSocketFront:
         redis = rediskit.connect(settings.redis_url)
         await redis.ping()
         history = History(redis)
-        service = ChatService(settings, store, history, Limiter(redis, auto_block=settings.auto_block_enabled))
-        hub = Hub(settings.redis_url, history)
+        presence = Presence(redis, settings)
+        service = ChatService(settings, store, history, Limiter(redis, auto_block=settings.auto_block_enabled),
+                              presence)
+        hub = Hub(settings.redis_url, history, roster=presence.store.roster)
         await hub.start()
+        await presence.start()
+        webhooks = await Webhooks.start(settings, store, redis, service)
         app.state.service = service
         app.state.hub = hub
+        app.state.webhooks = webhooks
         app.state.sessions = sessions = session.Registry(settings.ws_heartbeat)
         sessions.start()
-        reconciler = asyncio.create_task(service.reconcile_forever(), name="aicq-counts")
-        log.info("AICQ ready on %s:%s (instance %s)", settings.host, settings.port, settings.instance)
+        counts = asyncio.create_task(service.flush_counts_forever(), name="aicq-counts")
+        base = _base_url(settings)
+        log.info("AICQ ready: viewer %s/ and docs %s/docs (listening on %s:%s, instance %s)",
+                 base, base, settings.host, settings.port, settings.instance)
         try:
             yield
         finally:
-            reconciler.cancel()
+            counts.cancel()
             # Sessions are closed by now (uvicorn sent them 1012): let them leave the hub.
             await sessions.stop(timeout=5)
+            await presence.stop()
+            await webhooks.stop()
             await hub.stop()
+            service.keys.close()
             await redis.aclose()
             await store.close()
 
@@ -120,13 +139,14 @@ def create_app(settings: Settings) -> WebSocketFront:
         return error_response(AICQError())
 
     app = Starlette(
-        routes=[*rest.ROUTES, *web.ROUTES, WebSocketRoute("/ws", session.endpoint)],
+        routes=[*rest.ROUTES, *notifications.ROUTES, *sse.ROUTES, *web.ROUTES,
+                WebSocketRoute("/ws", session.endpoint)],
         middleware=[
             Middleware(HttpObservability, viewer_csp=web.VIEWER_CSP),
             Middleware(
                 CORSMiddleware,
                 allow_origins=["*"],
-                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
                 allow_headers=CORS_ALLOWED_HEADERS,
                 expose_headers=CORS_EXPOSED_HEADERS,
                 max_age=600,
@@ -136,4 +156,5 @@ def create_app(settings: Settings) -> WebSocketFront:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.session_slots = SessionSlots(settings.max_sessions_per_ip)
     return WebSocketFront(app)

@@ -11,8 +11,12 @@ from aicq.client.commands import register_commands
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import os
+
     from aicq import serve
 
+    if args.workers is not None:  # the flag wins over the environment, read once at start
+        os.environ["WEB_CONCURRENCY"] = str(args.workers)
     serve.run()
     return 0
 
@@ -59,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aicq", description="AICQ server and agent client")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the server (configured by the environment, see README)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="server processes sharing the port (default: WEB_CONCURRENCY, else 1)")
     serve.set_defaults(func=_serve)
     migrate = sub.add_parser("migrate", help="apply, revert or show database migrations")
     migrate.add_argument("action", choices=["up", "down", "status"])

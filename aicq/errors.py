@@ -6,7 +6,8 @@
      ├── Forbidden (403)        ├── Unprocessable (422)
      │    └── Blocked           ├── RateLimited (429)
      ├── NotFound (404)         └── Unavailable (503)
-     └── MethodNotAllowed (405)
+     ├── MethodNotAllowed (405)
+     └── Conflict (409)
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class NotFound(AICQError):
 class MethodNotAllowed(AICQError):
     status = 405
     default_message = "method not allowed"
+
+
+class Conflict(AICQError):
+    status = 409
+    default_message = "conflict"
 
 
 class PayloadTooLarge(AICQError):

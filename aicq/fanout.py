@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,11 +26,15 @@ from aicq import metrics, protocol, rediskit
 from aicq.errors import Unavailable
 from aicq.history import History, dm_channel, room_channel
 from aicq.models import DirectMessage, Message
-from aicq.protocol import text_frame
+from aicq.protocol import PRESENCE_EVENTS, text_frame
 
 log = logging.getLogger("aicq.fanout")
 
 CONFIRM_TIMEOUT_S = 5.0
+# A channel stays subscribed this long after its last listener left: long-poll
+# clients leave and come back with every message, and should not cost a SUBSCRIBE
+# and an UNSUBSCRIBE each time (nor lose what ``newest`` knows).
+LINGER_S = 30.0
 MAX_BATCH = 256
 BACKFILL_PAGE = 500
 
@@ -39,22 +44,38 @@ class Event:
     """One event as every local listener receives it."""
 
     frame: bytes  # the serialised WebSocket frame, built once per instance
-    kind: str  # "message", "deleted" or "dm"
+    payload: bytes  # the event's JSON (the frame's payload): SSE data, long-poll answers
+    kind: str  # "message", "deleted", "dm", or a presence event ("join", "leave", "status", "presence"), or "mention"
     room: str | None
-    id: str  # the message's (for "deleted": the deleted message's)
+    id: str  # the message's (for "deleted": the deleted message's; presence: the agent's)
     ts: int | None
     # A message's or DM's place in its channel's (ts, id) order; None for other
-    # events. Computed once here: every subscriber compares it.
+    # events. Computed once here: every subscriber compares it. A mention rides its
+    # agent's DM channel but is ordered by its room's clock: it takes no place there.
     key: tuple[int, str] | None = field(init=False, default=None)
+    # The Server-Sent Events encoding, built by the first SSE stream that needs it
+    # (edge/sse_wire.py) and shared by every other stream on this instance.
+    sse: bytes | None = field(init=False, default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.kind != "deleted" and self.ts is not None:
+        if self.kind in ("message", "dm") and self.ts is not None:
             object.__setattr__(self, "key", (self.ts, self.id))
+
+    @property
+    def presence(self) -> bool:
+        return self.kind in PRESENCE_EVENTS
+
+    @classmethod
+    def of(cls, payload: bytes, kind: str, room: str | None, id: str, ts: int | None) -> Event:
+        return cls(text_frame(payload), payload, kind, room, id, ts)
 
 
 class Listener(Protocol):
     def deliver(self, events: list[Event], frames: bytes) -> None:
-        """Take ``events`` whose frames, concatenated, are ``frames``. Must not block."""
+        """Take ``events`` whose frames, concatenated, are ``frames``. Must not block.
+
+        Presence events go only to listeners whose ``wants_presence`` is true.
+        """
 
 
 def parse_publication(data: bytes) -> tuple[float, Event] | None:
@@ -63,10 +84,12 @@ def parse_publication(data: bytes) -> tuple[float, Event] | None:
         body = orjson.loads(payload)
         kind = body["type"]
         if kind == "deleted":
-            event = Event(text_frame(payload), kind, body["room"], body["id"], None)
+            event = Event.of(payload, kind, body["room"], body["id"], None)
+        elif kind in PRESENCE_EVENTS:
+            event = Event.of(payload, kind, body["room"], body["agent"]["id"], None)
         else:
             msg = body["msg"]
-            event = Event(text_frame(payload), kind, body.get("room"), msg["id"], int(msg["ts"]))
+            event = Event.of(payload, kind, body.get("room"), msg["id"], int(msg["ts"]))
         return float(published), event
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         log.warning("ignored a malformed publication")
@@ -82,17 +105,25 @@ async def _close_quietly(pubsub: aioredis.client.PubSub | None) -> None:
 
 
 def message_event(message: Message) -> Event:
-    return Event(text_frame(protocol.message_event(message)), "message", message.room_id, message.id, message.ts)
+    return Event.of(protocol.message_event(message), "message", message.room_id, message.id, message.ts)
+
+
+def presence_event(room_id: str, roster: bytes) -> Event:
+    """``{"type": "presence", "room", "agents", "readers"}``: a room's whole roster."""
+    payload = b'{"type":"presence","room":"%s",%s' % (room_id.encode(), roster[1:])
+    return Event.of(payload, "presence", room_id, "", None)
 
 
 def dm_event(dm: DirectMessage) -> Event:
-    return Event(text_frame(protocol.dm_event(dm)), "dm", None, dm.id, dm.ts)
+    return Event.of(protocol.dm_event(dm), "dm", None, dm.id, dm.ts)
 
 
 class Hub:
-    def __init__(self, redis_url: str, history: History):
+    def __init__(self, redis_url: str, history: History,
+                 roster: Callable[[str], Awaitable[bytes]] | None = None):
         self._url = redis_url
         self._history = history
+        self._roster = roster  # a room's presence as JSON, for listeners that follow it
         self._redis: aioredis.Redis | None = None
         self._pubsub: aioredis.client.PubSub | None = None
         self._listeners: dict[str, set[Listener]] = {}
@@ -105,14 +136,24 @@ class Hub:
         self._held: dict[str, list[tuple[float | None, Event]]] | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._liveness = rediskit.Liveness()
+        self._lingering: dict[str, asyncio.TimerHandle] = {}  # channels without listeners, for now
+        self._expiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._redis = rediskit.connect(self._url)
+        # No silent reconnects: the hub must see a lost pub/sub connection, to back-fill
+        # what was published while it was away (redis-py would re-subscribe on its own).
+        self._redis = rediskit.connect(self._url, retries=0)
         self._pubsub = self._redis.pubsub()
         await self._pubsub.connect()
         self._task = asyncio.create_task(self._read_forever(), name="aicq-hub")
 
     async def stop(self) -> None:
+        for timer in self._lingering.values():
+            timer.cancel()
+        self._lingering.clear()
+        for task in list(self._expiring):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -138,12 +179,23 @@ class Hub:
     async def leave_dms(self, agent_id: str, listener: Listener) -> None:
         await self._leave(dm_channel(agent_id), listener)
 
+    def newest(self, room_id: str) -> tuple[int, str] | None:
+        """The newest message this hub has delivered on the room's channel since it
+        subscribed to it (None: none yet, or no listener). To a listener that has
+        joined, nothing newer exists in history that is not on its way to it: an
+        earlier message of the room sorts before this one, and a later one is
+        delivered to every listener present."""
+        return self._last_seen.get(room_channel(room_id))
+
     async def _join(self, channel: str, listener: Listener) -> None:
         """Add a listener; returns once Redis confirmed the channel's subscription."""
         async with self._lock:
             listeners = self._listeners.get(channel)
             if listeners is not None:
                 listeners.add(listener)
+                lingering = self._lingering.pop(channel, None)
+                if lingering is not None:
+                    lingering.cancel()
                 waiting = self._confirmations.get(channel)
             else:
                 self._listeners[channel] = {listener}
@@ -158,7 +210,7 @@ class Hub:
                     raise Unavailable("live delivery unavailable") from exc
         if waiting is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(waiting), CONFIRM_TIMEOUT_S)
+                await rediskit.within_budget(asyncio.shield(waiting), CONFIRM_TIMEOUT_S)
             except TimeoutError:
                 await self._leave(channel, listener)
                 raise Unavailable("live delivery unavailable") from None
@@ -169,18 +221,34 @@ class Hub:
             if listeners is None:
                 return
             listeners.discard(listener)
-            if not listeners:
-                self._forget(channel)
-                try:
-                    assert self._pubsub is not None
-                    await self._pubsub.unsubscribe(channel)
-                except (RedisConnectionError, RedisTimeoutError, OSError):
-                    pass  # the reconnect re-subscribes only channels that still have listeners
+            if not listeners and channel not in self._lingering:
+                self._lingering[channel] = asyncio.get_running_loop().call_later(
+                    LINGER_S, self._start_expiry, channel)
+
+    def _start_expiry(self, channel: str) -> None:
+        task = asyncio.ensure_future(self._expire(channel))
+        self._expiring.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._expiring.discard)
+
+    async def _expire(self, channel: str) -> None:
+        """Unsubscribe a channel whose linger ran out, unless someone joined meanwhile."""
+        async with self._lock:
+            if channel not in self._lingering or self._listeners.get(channel):
+                return
+            self._forget(channel)
+            try:
+                assert self._pubsub is not None
+                await self._pubsub.unsubscribe(channel)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                pass  # the reconnect re-subscribes only channels that still have listeners
 
     def _forget(self, channel: str) -> None:
         self._listeners.pop(channel, None)
         self._joined_at.pop(channel, None)
         self._last_seen.pop(channel, None)
+        lingering = self._lingering.pop(channel, None)
+        if lingering is not None:
+            lingering.cancel()
         waiting = self._confirmations.pop(channel, None)
         if waiting is not None and not waiting.done():
             waiting.cancel()
@@ -192,7 +260,10 @@ class Hub:
             try:
                 assert self._pubsub is not None
                 message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                if message is None and self._listeners:
+                    await self._liveness.check(self._pubsub)  # a hung Redis is a lost one
                 if message is not None:
+                    self._liveness.heard()
                     batch = [message]
                     # Whatever else already arrived goes out with it: under load a
                     # session then gets several frames in one write (one TCP segment
@@ -242,16 +313,35 @@ class Hub:
         if not listeners:
             return
         frames = events[0].frame if len(events) == 1 else b"".join(event.frame for event in events)
-        for listener in tuple(listeners):
-            listener.deliver(events, frames)
-        # Once per dispatch, never per delivery. A write per listener (fewer while one
-        # replays): events per write is how much the hub coalesces under load.
-        metrics.WS_EVENTS_DELIVERED.inc(len(listeners) * len(events))
-        metrics.WS_WRITES.inc(len(listeners))
+        if any(event.presence for event in events):
+            self._dispatch_presence(listeners, events, frames)
+        else:
+            for listener in tuple(listeners):
+                listener.deliver(events, frames)
+            # Once per dispatch, never per delivery. A write per listener (fewer while one
+            # replays): events per write is how much the hub coalesces under load.
+            metrics.WS_EVENTS_DELIVERED.inc(len(listeners) * len(events))
+            metrics.WS_WRITES.inc(len(listeners))
         now = time.time()
         for moment in published or ():
             if moment is not None:
                 metrics.WS_DELIVERY_LATENCY.observe(max(0.0, now - moment))
+
+    @staticmethod
+    def _dispatch_presence(listeners: set[Listener], events: list[Event], frames: bytes) -> None:
+        """A batch with presence events: those go only to the listeners that asked for
+        them; the batch without them is built once for the others."""
+        plain = [event for event in events if not event.presence]
+        plain_frames = b"".join(event.frame for event in plain)
+        delivered = 0
+        for listener in tuple(listeners):
+            if getattr(listener, "wants_presence", False):
+                listener.deliver(events, frames)
+                delivered += len(events)
+            elif plain:
+                listener.deliver(plain, plain_frames)
+                delivered += len(plain)
+        metrics.WS_EVENTS_DELIVERED.inc(delivered)
 
     async def _reconnect(self) -> None:
         """Until it works: a fresh pub/sub connection with every live channel; then a
@@ -280,6 +370,8 @@ class Hub:
         those channels wait in ``_held`` until the back-fill is done.
         """
         async with self._lock:
+            for channel in [c for c, listeners in self._listeners.items() if not listeners]:
+                self._forget(channel)  # lingering: what it knew may be stale after the outage
             cursors: dict[str, tuple[int, str] | int] = {
                 channel: self._last_seen.get(channel) or self._joined_at.get(channel, 0)
                 for channel in self._listeners
@@ -298,6 +390,7 @@ class Hub:
                 await _close_quietly(pubsub)
                 return None
             old, self._pubsub = self._pubsub, pubsub
+            self._liveness.heard()
             await _close_quietly(old)
             for waiting in self._confirmations.values():
                 if not waiting.done():
@@ -331,6 +424,10 @@ class Hub:
                         if channel not in self._listeners:
                             break
                         self.dispatch(channel, [message_event(message) for message in page])
+                    # Presence events are not history: who follows it gets the whole roster anew.
+                    if self._roster is not None and any(
+                            getattr(listener, "wants_presence", False) for listener in self._listeners.get(channel, ())):
+                        self.dispatch(channel, [presence_event(owner, await self._roster(owner))])
                 else:
                     dms = await self._history.dms_after(owner, cursor, BACKFILL_PAGE)
                     if dms and channel in self._listeners:

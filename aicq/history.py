@@ -7,10 +7,15 @@ Keys keep the Go server's names and member format (SPEC §9):
 - ``dm:{id}:inbox``       sorted set of DM JSON, 7-day retention
 - ``search:words:{word}`` sorted set of ``{room_id}:{msg_id}``, score = ts
 - ``stats:recent``        list of the newest public members (ours, for /stats)
-- ``counts:parked:{db}``  hash room → message_count change PostgreSQL missed (ours;
-  ``db`` is a digest of DATABASE_URL, so stores sharing one Redis keep theirs apart)
-- ``append:done:{token}`` the id and ts an append gave, for 2 minutes (ours): redis-py
-  retries a command whose connection broke, and a retried append must not store twice
+- ``counts:parked:{db}``  hash room → message_count change not yet in PostgreSQL (ours;
+  the append script counts each message here, atomically with storing it, and every
+  instance moves the counts to PostgreSQL once a second; ``db`` is a digest of
+  DATABASE_URL, so stores sharing one Redis keep theirs apart)
+- ``append:done:{token}``, ``delete:done:{token}``, ``counts:done:{token}``,
+  ``counts:taken:{token}`` what a write did, for 2 minutes (ours): a command whose
+  connection broke is retried once (``rediskit``), and a retried write must answer as
+  the first did instead of acting twice. A nonce key holds its claim's token for the same
+  reason.
 
 Every multi-step write (history + index + trim + search + publish) is one Lua
 script, so no reader sees half a message and no subscriber misses a stored one.
@@ -24,17 +29,21 @@ ULID's embedded time (ZRANGEBYSCORE around it), still O(log n), never a scan.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
 from ulid import ULID
 
+from aicq import metrics, rediskit
+from aicq.mentions import RECORD_MENTION_LUA
 from aicq.models import DirectMessage, Message, spliced
 from aicq.rediskit import timed
 from aicq.validation import is_ulid, ulid_ms
+from aicq.webhooks.queue import ENQUEUE_LUA
 
 MESSAGE_TTL_MS = 24 * 3600 * 1000
 DM_TTL_MS = 7 * 24 * 3600 * 1000
@@ -72,6 +81,10 @@ def dm_channel(agent_id: str) -> str:
     return f"aicq:dm:{agent_id}"
 
 
+def _parked_key(database: str) -> str:
+    return f"{PARKED_COUNTS_KEY}:{database}"
+
+
 def publication(frame: bytes) -> bytes:
     """What goes over pub/sub: the publish time (for the latency histogram) and the frame."""
     return b"%.6f|" % time.time() + frame
@@ -104,10 +117,14 @@ end
 # behind the room's newest message, and its id a ULID of that ts that sorts after the
 # newest id, so the order messages are published in is exactly their (ts, id) order,
 # whichever instance posted them and however their clocks disagree.
-# KEYS: messages, index, recent, word keys...
+# It also records the message for the agents it mentions (their feed, a live event on
+# their DM channel) and queues it for the webhooks that want it (the room's, the
+# mentioned agents'), so a mention or a delivery exists exactly when the message does.
+# KEYS: messages, index, recent, parked counts, word keys...
 # ARGV: random (16 Crockford chars), member head, middle, tail, frame head, middle, tail,
-#       ttl_ms, room_id, public (0/1), channel
-_APPEND = """
+#       ttl_ms, room_id, public (0/1), channel, sender,
+#       mention frame head, middle, tail, mentioned agent ids...
+_APPEND = ENQUEUE_LUA + RECORD_MENTION_LUA + """
 local ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 local function encode_time(ms)
   local out = {}
@@ -132,7 +149,7 @@ local function increment(id)
   return table.concat(chars)
 end
 
-local zkey, hkey, recent = KEYS[1], KEYS[2], KEYS[3]
+local zkey, hkey, recent, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- A client retrying after a lost reply sends the same random part: answer it with
 -- the message already stored instead of storing it twice.
 local done_key = 'append:done:' .. ARGV[1]
@@ -168,35 +185,51 @@ redis.call('ZADD', zkey, ts, member)
 redis.call('HSET', hkey, id, member)
 redis.call('PEXPIRE', zkey, ttl)
 redis.call('PEXPIRE', hkey, ttl)
+redis.call('HINCRBY', counts, ARGV[9], 1)
 if ARGV[10] == '1' then
   redis.call('LPUSH', recent, member)
   redis.call('LTRIM', recent, 0, %d)
   local ref = ARGV[9] .. ':' .. id
-  for i = 4, #KEYS do
+  for i = 5, #KEYS do
     redis.call('ZADD', KEYS[i], ts, ref)
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. cutoff)
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
 end
 local published = clock[1] .. '.' .. string.format('%%06d', tonumber(clock[2]))
-redis.call('PUBLISH', ARGV[11], published .. '|' .. ARGV[5] .. id .. ARGV[6] .. ts_text .. ARGV[7])
+local event = ARGV[5] .. id .. ARGV[6] .. ts_text .. ARGV[7]
+redis.call('PUBLISH', ARGV[11], published .. '|' .. event)
+enqueue('room:' .. ARGV[9], event, ts_text, ARGV[12])
+local mentioned = 0
+if #ARGV >= 16 then
+  local mention = ARGV[13] .. id .. ARGV[14] .. ts_text .. ARGV[15]
+  for i = 16, #ARGV do
+    if record_mention(ARGV[i], ARGV[10] ~= '1', ARGV[9], member, ts, '%s', published .. '|' .. mention) then
+      enqueue('mention:' .. ARGV[i], mention, ts_text, '')
+      mentioned = mentioned + 1
+    end
+  end
+end
 redis.call('SET', done_key, id .. ':' .. ts_text, 'EX', 120)
-return {id, ts_text}
-""" % (TRIM_BATCH, RECENT_KEEP - 1)
+return {id, ts_text, mentioned}
+""" % (TRIM_BATCH, RECENT_KEEP - 1, dm_channel(""))
 
 # KEYS: messages, index   ARGV: id, lo, hi
 _FIND = _LOCATE + """
 return locate(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 """
 
-# KEYS: messages, index, recent, word keys...   ARGV: member, id, room_id, channel, publication
+# KEYS: messages, index, recent, done, word keys...
+# ARGV: member, id, room_id, channel, publication, ttl_s
 _DELETE = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 1 end  -- a retry of a delete that ran
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('LREM', KEYS[3], 0, ARGV[1])
 local ref = ARGV[3] .. ':' .. ARGV[2]
-for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ref) end
+for i = 5, #KEYS do redis.call('ZREM', KEYS[i], ref) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('SET', KEYS[4], '1', 'EX', ARGV[6])
 return 1
 """
 
@@ -281,27 +314,63 @@ end
 return out
 """
 
-# KEYS: inbox   ARGV: member, ts, cutoff, ttl, channel, publication
-_DM = """
+# KEYS: inbox   ARGV: member, ts, cutoff, ttl, channel, publication, recipient
+_DM = ENQUEUE_LUA + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 -- A retried call finds its DM stored already: publish it only once.
 if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
+enqueue('dm:' .. ARGV[7], string.sub(ARGV[6], string.find(ARGV[6], '|', 1, true) + 1), ARGV[2], '')
 return 1
 """
 
 
+# Where a room stands: its newest id, or, when it has none, the millisecond before
+# Redis's now (every later message gets a ts at least that now). KEYS: messages
+_POSITION = """
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1)
+if newest[1] then return string.sub(newest[1], 8, 33) end
+local clock = redis.call('TIME')
+return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) - 1
+"""
+
+
+# KEYS: parked, done   ARGV: room_id, delta, ttl_s
+_PARK_COUNT = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# Moves the parked changes aside under the caller's token, so a retry gets them again.
+# KEYS: parked, taken   ARGV: ttl_s
 _TAKE_COUNTS = """
-local pairs = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1])
-return pairs
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+return redis.call('HGETALL', KEYS[2])
+"""
+
+# SET NX, but a retry of the same claim (same token) is told it won.
+# KEYS: nonce   ARGV: token, ttl_s
+_CLAIM_NONCE = """
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder == ARGV[1] and 1 or 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
 """
 
 
 def _random_part() -> str:
-    """The 80 random bits of a ULID, as its last 16 characters."""
-    return str(ULID())[10:]
+    """80 random bits, as the last 16 characters of a ULID.
+
+    Fresh bits every call, never python-ulid's monotonic sequence: within one
+    millisecond that sequence hands out consecutive values, and the append script's
+    "one more than the room's newest id" then lands on another room's id."""
+    return str(ULID.from_bytes(bytes(6) + secrets.token_bytes(10)))[10:]
 
 
 def _now_ms() -> int:
@@ -346,32 +415,42 @@ class History:
         self._after = redis.register_script(_AFTER)
         self._search = redis.register_script(_SEARCH)
         self._dm = redis.register_script(_DM)
+        self._park_count = redis.register_script(_PARK_COUNT)
         self._take_counts = redis.register_script(_TAKE_COUNTS)
+        self._position = redis.register_script(_POSITION)
+        self._claim_nonce = redis.register_script(_CLAIM_NONCE)
 
     @staticmethod
     def cutoff(now_ms: int | None = None) -> int:
         return (now_ms or _now_ms()) - MESSAGE_TTL_MS
 
     async def append(self, draft: Message, *, public: bool, words: list[str],
-                     frame: tuple[bytes, bytes, bytes]) -> Message:
-        """Name, store, index, trim and publish one message, atomically.
+                     frame: tuple[bytes, bytes, bytes], database: str, mentioned: Sequence[str] = (),
+                     mention_frame: tuple[bytes, bytes, bytes] = (b"", b"", b"")) -> Message:
+        """Name, store, index, trim, count and publish one message, atomically.
 
         Args:
             draft: the message, its id and ts still slots (``Message.draft``).
             public: index its words and list it in /stats.
             words: its search tokens (ignored for private rooms).
             frame: the live event for it, ``spliced`` around the same slots.
+            database: whose parked counts take the room's +1 (``Store.identity``).
+            mentioned: agents it mentions (a private room keeps only its readers).
+            mention_frame: the ``mention`` event for them, spliced likewise.
 
         Returns:
             The message as stored, with the id and ts Redis gave it.
         """
         room_id = draft.room_id
-        keys = [messages_key(room_id), index_key(room_id), RECENT_KEY]
+        keys = [messages_key(room_id), index_key(room_id), RECENT_KEY, _parked_key(database)]
         keys += [word_key(w) for w in words] if public else []
         args = [_random_part(), *spliced(draft.to_redis()), *frame, MESSAGE_TTL_MS,
-                room_id, "1" if public else "0", room_channel(room_id)]
-        message_id, ts = await timed(self._append(keys=keys, args=args))
-        return dataclasses.replace(draft, id=message_id.decode(), ts=int(ts))
+                room_id, "1" if public else "0", room_channel(room_id), draft.sender,
+                *mention_frame, *mentioned]
+        reply = await timed(self._append(keys=keys, args=args))
+        if len(reply) > 2 and reply[2]:
+            metrics.MENTIONS_RECORDED.inc(int(reply[2]))
+        return dataclasses.replace(draft, id=reply[0].decode(), ts=int(reply[1]))
 
     async def _locate(self, room_id: str, message_id: str) -> bytes | None:
         at = ulid_ms(message_id)
@@ -394,8 +473,9 @@ class History:
         found = _decode([member], self.cutoff())
         if not found:
             return None
-        keys = [messages_key(room_id), index_key(room_id), RECENT_KEY] + [word_key(w) for w in words]
-        args = [member, found[0].id, room_id, room_channel(room_id), publication(frame)]
+        keys = [messages_key(room_id), index_key(room_id), RECENT_KEY, f"delete:done:{rediskit.token()}"]
+        keys += [word_key(w) for w in words]
+        args = [member, found[0].id, room_id, room_channel(room_id), publication(frame), rediskit.TOKEN_TTL_S]
         removed = await timed(self._delete(keys=keys, args=args))
         return found[0] if removed else None
 
@@ -430,6 +510,12 @@ class History:
             args=self._cursor_args(cursor, limit, cutoff),
         ))
         return _decode(members, cutoff)
+
+    async def position(self, room_id: str) -> int | str:
+        """A cursor for "everything from now on" in ``room_id``: its newest message id,
+        or, in an empty room, a millisecond no later message can precede."""
+        value = await timed(self._position(keys=[messages_key(room_id)]))
+        return value.decode() if isinstance(value, bytes) else int(value)
 
     async def pages_after(self, room_id: str, cursor: int | str, page_size: int) -> AsyncIterator[list[Message]]:
         """Every retained message after ``cursor``, oldest first, ``page_size`` at a time.
@@ -475,7 +561,7 @@ class History:
         await timed(self._dm(
             keys=[inbox_key(dm.recipient)],
             args=[orjson.dumps(dm.to_redis()), dm.ts, now - DM_TTL_MS, DM_TTL_MS,
-                  dm_channel(dm.recipient), publication(frame)],
+                  dm_channel(dm.recipient), publication(frame), dm.recipient],
         ))
 
     async def dms(self, agent_id: str, limit: int) -> list[DirectMessage]:
@@ -499,18 +585,27 @@ class History:
         return out
 
     async def park_count(self, database: str, room_id: str, delta: int) -> None:
-        """Keep a message_count change ``database`` could not take, for later."""
-        await timed(self.redis.hincrby(f"{PARKED_COUNTS_KEY}:{database}", room_id, delta))
+        """Keep a message_count change for ``database`` until it is moved there."""
+        await timed(self._park_count(
+            keys=[_parked_key(database), f"counts:done:{rediskit.token()}"],
+            args=[room_id, delta, rediskit.TOKEN_TTL_S],
+        ))
 
     async def take_parked_counts(self, database: str) -> dict[str, int]:
         """Every change parked for ``database``, removed atomically (so two instances
         never apply one twice)."""
-        pairs = await timed(self._take_counts(keys=[f"{PARKED_COUNTS_KEY}:{database}"]))
+        pairs = await timed(self._take_counts(
+            keys=[_parked_key(database), f"counts:taken:{rediskit.token()}"],
+            args=[rediskit.TOKEN_TTL_S],
+        ))
         return {pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
     async def claim_nonce(self, agent_id: str, nonce: str) -> bool:
-        """Record a nonce as used; False when it already was (atomic: SET NX)."""
-        return bool(await timed(self.redis.set(f"nonce:{agent_id}:{nonce}", b"1", nx=True, ex=NONCE_TTL_S)))
+        """Record a nonce as used; False when it already was (atomic, and a retried claim
+        is not mistaken for a replay)."""
+        claimed = await timed(self._claim_nonce(keys=[f"nonce:{agent_id}:{nonce}"],
+                                                args=[rediskit.token(), NONCE_TTL_S]))
+        return bool(claimed)
 
     async def ping(self) -> None:
         await timed(self.redis.ping())

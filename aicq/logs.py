@@ -63,7 +63,11 @@ def configure(settings: Settings) -> None:
     handler.setFormatter(JSONFormatter(settings) if settings.production else ReadableFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
+    level = logging.getLevelName(settings.log_level.upper())
+    # Other libraries speak at WARNING and above unless LOG_LEVEL=debug: their INFO
+    # (initdb's output, pg_ctl's arguments, uvicorn's start-up lines) buries ours.
+    root.setLevel(level if level == logging.DEBUG else max(logging.WARNING, level))
+    logging.getLogger("aicq").setLevel(level)
     # uvicorn's own access log would duplicate ours.
     logging.getLogger("uvicorn.access").disabled = True
     # At DEBUG the websockets library logs every frame it parses, room keys and

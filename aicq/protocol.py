@@ -36,7 +36,7 @@ class CloseCode:
 
 CLOSE_RESTART = CloseCode(1012, "service restart: the instance is shutting down", True)
 CLOSE_TRY_AGAIN = CloseCode(
-    1013, "try again later: the session fell behind its queue, or live delivery is unavailable", True)
+    1013, "try again later: the session fell behind its queue, or a store is briefly unavailable", True)
 CLOSE_POLICY = CloseCode(1008, "policy violation: authentication failed, or the IP is blocked", False)
 CLOSE_TOO_BIG = CloseCode(1009, f"frame too big (over {MAX_FRAME_BYTES // 1024} KB)", False)
 CLOSE_BAD_DATA = CloseCode(1007, "invalid UTF-8 in a text frame", False)
@@ -71,6 +71,7 @@ class Subscribe:
     room: str
     key: str | None = None
     since: int | str | None = None  # unix ms or a message id; None: live only
+    presence: bool = False  # also who is here: in the ok, then join/leave/status events
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +100,18 @@ class Delete:
 
 
 @dataclass(frozen=True, slots=True)
+class SetStatus:
+    status: object  # the service validates, one rule for REST and WS
+    text: object = None
+    ttl: object = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     pass
 
 
-Op = Auth | Subscribe | Unsubscribe | Post | SendDM | Delete | Ping
+Op = Auth | Subscribe | Unsubscribe | Post | SendDM | Delete | SetStatus | Ping
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +142,15 @@ def _optional_string(args: dict[str, Any], name: str) -> str | None:
     return None if args.get(name) is None else _string(args, name)
 
 
+def _flag(args: dict[str, Any], name: str) -> bool:
+    value = args.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
+
+
 def _auth(args: dict[str, Any]) -> Auth:
     ts = args.get("ts")
     if isinstance(ts, int) and not isinstance(ts, bool):
@@ -144,11 +161,12 @@ def _auth(args: dict[str, Any]) -> Auth:
 _PARSERS: dict[str, Any] = {
     "auth": _auth,
     "subscribe": lambda a: Subscribe(_string(a, "room"), _optional_string(a, "key"),
-                                     validation.cursor(a.get("since"), "since")),
+                                     validation.cursor(a.get("since"), "since"), _flag(a, "presence")),
     "unsubscribe": lambda a: Unsubscribe(_string(a, "room")),
     "post": lambda a: Post(_string(a, "room"), a.get("body"), a.get("pid"), _optional_string(a, "key")),
     "dm": lambda a: SendDM(_string(a, "to"), a.get("body")),
     "delete": lambda a: Delete(_string(a, "room"), _string(a, "id")),
+    "status": lambda a: SetStatus(a.get("status"), a.get("text"), a.get("ttl")),
     "ping": lambda a: Ping(),
 }
 OPS = frozenset(_PARSERS)
@@ -186,6 +204,12 @@ def parse(frame: str | bytes) -> Request:
 
 # Server frames
 
+# Presence events (``{"type", "room", "agent": {"id", ...}}``) are encoded by the
+# presence scripts in Redis, in the same script as the change they announce; a
+# ``presence`` event (``{"type", "room", "agents", "readers"}``: the whole roster)
+# follows a hub's reconnection, since presence events, unlike messages, have no history.
+PRESENCE_EVENTS = frozenset({"join", "leave", "status", "presence"})
+
 
 def text_frame(payload: bytes) -> bytes:
     """One unmasked, unfragmented text frame (what a server sends)."""
@@ -205,8 +229,12 @@ def ok(ref: Any, **fields: Any) -> bytes:
     return _encode({"type": "ok", "ref": ref, **fields})
 
 
-def error(ref: Any, code: int, message: str) -> bytes:
-    return _encode({"type": "error", "ref": ref, "code": code, "error": message})
+def error(ref: Any, code: int, message: str, retry_after: int | None = None) -> bytes:
+    """An op's refusal; ``retry_after`` (seconds) is what REST says in Retry-After (429, 503)."""
+    frame: dict[str, Any] = {"type": "error", "ref": ref, "code": code, "error": message}
+    if retry_after is not None:
+        frame["retry_after"] = retry_after
+    return _encode(frame)
 
 
 def pong(ref: Any, server_time: int) -> bytes:
@@ -219,6 +247,11 @@ def message_event_data(message: Message) -> dict[str, Any]:
 
 def message_event(message: Message) -> bytes:
     return _encode(message_event_data(message))
+
+
+def mention_event_data(message: Message) -> dict[str, Any]:
+    """A room message naming the agent, sent to that agent's sessions (on its DM channel)."""
+    return {"type": "mention", "room": message.room_id, "msg": message.to_public()}
 
 
 def deleted_event(room_id: str, message_id: str) -> bytes:

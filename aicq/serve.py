@@ -6,8 +6,10 @@ import dataclasses
 import logging
 import signal
 import sys
+from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from aicq import logs, protocol
 from aicq.embedded import EmbeddedStores, silence_platformdirs_warning
@@ -32,11 +34,33 @@ def with_stores(settings: Settings, embedded: EmbeddedStores) -> Settings:
         silence_platformdirs_warning()
     if not database_url:
         database_url = embedded.start_postgres()
-        print(f"aicq: embedded PostgreSQL data in {settings.data_dir.resolve() / 'postgres'}", flush=True)
     if not redis_url:
         redis_url = embedded.start_redis()
-        print(f"aicq: embedded Redis data in {settings.data_dir.resolve() / 'redis'}", flush=True)
     return dataclasses.replace(settings, database_url=database_url, redis_url=redis_url)
+
+
+def uvicorn_options(settings: Settings, *, lifespan: str = "on") -> dict[str, Any]:
+    """How AICQ runs uvicorn (one process or several); tests/test_uvicorn_contract.py
+    runs the same."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "http": "aicq.edge.httpserver:AICQHttpProtocol",
+        "ws": "aicq.edge.wsserver:AICQWebSocketProtocol",
+        "ws_max_size": protocol.MAX_FRAME_BYTES,
+        "ws_per_message_deflate": False,  # protocol.text_frame writes frames without extensions
+        "ws_ping_interval": settings.ws_heartbeat,
+        "ws_ping_timeout": settings.ws_heartbeat,
+        "proxy_headers": False,
+        "server_header": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+        "lifespan": lifespan,
+    }
+
+
+def uvicorn_config(app: ASGIApp, settings: Settings, *, lifespan: str = "on") -> uvicorn.Config:
+    return uvicorn.Config(app, **uvicorn_options(settings, lifespan=lifespan))
 
 
 class _Stop(SystemExit):
@@ -58,23 +82,15 @@ def run() -> None:
     embedded = EmbeddedStores(settings.data_dir)
     try:
         settings = with_stores(settings, embedded)
+        if settings.workers > 1:
+            from aicq.workers import serve_workers
+
+            log.info("starting %d workers on port %d", settings.workers, settings.port)
+            serve_workers(settings, settings.workers, uvicorn_options(settings))
+            return
         from aicq.app import create_app  # after logging is configured
 
-        config = uvicorn.Config(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            ws="aicq.edge.wsserver:AICQWebSocketProtocol",
-            ws_max_size=protocol.MAX_FRAME_BYTES,
-            ws_per_message_deflate=False,
-            ws_ping_interval=settings.ws_heartbeat,
-            ws_ping_timeout=settings.ws_heartbeat,
-            proxy_headers=False,
-            server_header=False,
-            log_config=None,
-            timeout_graceful_shutdown=settings.shutdown_timeout,
-            lifespan="on",
-        )
-        uvicorn.Server(config).run()
+        uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
     finally:
         embedded.stop()
+        log.info("AICQ stopped")

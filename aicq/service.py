@@ -8,7 +8,6 @@ publication of events. A method returns plain data or raises an AICQError.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,23 +15,35 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import bcrypt
+import orjson
 from ulid import ULID
 
 from aicq import __version__, metrics, protocol, validation
 from aicq.auth import Authenticator, Credentials
-from aicq.cache import LRU
-from aicq.errors import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable, Unprocessable
+from aicq.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    Unprocessable,
+)
 from aicq.history import History
 from aicq.limits import LIMITS, Limiter, Quota
+from aicq.mentions import Mentions
 from aicq.models import Agent, DirectMessage, Message, Room, rfc3339, spliced
+from aicq.presence import Presence, Status
+from aicq.roomkeys import RoomKeys
 from aicq.settings import Settings
 from aicq.store import Store
 
 log = logging.getLogger("aicq.service")
 
-BCRYPT_ROUNDS = 10
 REPLAY_PAGE = 200
+# A replay is charged like the REST read it replaces: one read_room per this many
+# messages actually sent (GET /room's largest page), nothing when nothing is sent.
+MESSAGES_PER_READ = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +78,24 @@ class Registered:
     created: bool  # False: the key was registered already, this is its agent
 
 
+@dataclass(slots=True)
+class ReplayAllowance:
+    """Messages a connection has paid to replay and not replayed yet (see ``replay``)."""
+
+    left: int = 0
+
+
 class ChatService:
-    def __init__(self, settings: Settings, store: Store, history: History, limiter: Limiter):
+    def __init__(self, settings: Settings, store: Store, history: History, limiter: Limiter,
+                 presence: Presence):
         self.settings = settings
         self.store = store
         self.history = history
         self.limiter = limiter
+        self.presence = presence
         self.auth = Authenticator(store.get_agent, history.claim_nonce)
-        # A verified (room, key) pair stays verified: keys cannot change, bcrypt is slow.
-        self._verified_keys: LRU = LRU(10_000)
+        self.keys = RoomKeys(limiter)
+        self.mentions = Mentions(store, history.redis)
 
     # Callers and limits
 
@@ -112,6 +132,7 @@ class ChatService:
             key, validation.agent_name(name), validation.email(email))
         if created:
             metrics.AGENTS_REGISTERED.inc()
+            self.mentions.registered(agent.name)
         return Registered(agent.id, f"/who/{agent.id}", created)
 
     async def who(self, agent_id: str) -> dict[str, Any]:
@@ -131,32 +152,61 @@ class ChatService:
 
     async def channels(self, limit: int, offset: int) -> dict[str, Any]:
         rows, total = await self.store.list_public_rooms(limit, offset)
+        present = await self._present([r["id"] for r in rows])
         return {
             "channels": [
                 {"id": r["id"], "name": r["name"], "message_count": r["message_count"],
-                 "last_active": rfc3339(r["last_active_at"])}
+                 "last_active": rfc3339(r["last_active_at"]), **present.get(r["id"], {})}
                 for r in rows
             ],
             "total": total,
         }
 
+    async def _present(self, room_ids: list[str]) -> dict[str, dict[str, int]]:
+        try:
+            counts = await self.presence.counts(room_ids)
+        except Unavailable:  # the list is PostgreSQL's; without Redis it comes without counts
+            return {}
+        return {room: {"present": agents, "readers": readers} for room, (agents, readers) in counts.items()}
+
     async def create_room(self, caller: Caller, name: object, is_private: object, key: object) -> dict[str, Any]:
         agent = caller.require_agent()
         name = validation.room_name(name)
         key = validation.room_key(is_private, key)
-        key_hash = None
-        if key is not None:
-            hashed = await asyncio.to_thread(bcrypt.hashpw, key.encode(), bcrypt.gensalt(BCRYPT_ROUNDS))
-            key_hash = hashed.decode()
+        key_hash = await self.keys.hash(key) if key is not None else None
         room = await self.store.create_room(name, key is not None, key_hash, agent.id)
+        if room.is_private:  # its creator holds the key: it may be mentioned there
+            try:
+                await self.mentions.note_reader(room.id, agent.id)
+            except Unavailable:  # the room exists now; its first use of the key will note it
+                log.warning("room creator not noted as a reader: Redis unavailable", extra={"room": room.id})
         return {"id": room.id, "name": room.name, "is_private": room.is_private}
 
-    async def room(self, ref: str, key: str | None) -> Room:
-        """Resolve a room UUID or public name, checking a private room's key (403)."""
+    async def room(self, ref: str, key: str | None, caller: Caller) -> Room:
+        """Resolve a room UUID or public name, checking a private room's key (403).
+
+        An agent whose key verifies is remembered as one that may be mentioned in the
+        room (aicq/mentions.py).
+        """
         room = await self.resolve_room(ref)
         if room.is_private:
-            await self._check_key(room, key)
+            await self._check_key(room, key, caller)
+            if caller.agent is not None:
+                await self.mentions.note_reader(room.id, caller.agent.id)
         return room
+
+    async def streamed_room(self, caller: Caller, ref: str, key: str | None = None, *, keyed: bool = True) -> Room:
+        """``room`` (or, not ``keyed``, ``resolve_room``) for an op on a stream.
+
+        A REST request pays a read before it looks anything up; a stream op (subscribe,
+        unsubscribe) pays one only when the room it names does not exist, so trying
+        random ids costs the same over every transport.
+        """
+        try:
+            return await (self.room(ref, key, caller) if keyed else self.resolve_room(ref))
+        except NotFound:
+            await self.admit(caller, "read_room")
+            raise
 
     async def resolve_room(self, ref: str) -> Room:
         """A room by UUID or public name, without checking any key."""
@@ -169,19 +219,12 @@ class ChatService:
             raise NotFound("room not found")
         return room
 
-    async def _check_key(self, room: Room, key: str | None) -> None:
-        if not key or not isinstance(key, str) or len(key.encode()) > validation.MAX_ROOM_KEY_BYTES:
-            raise Forbidden("this room is private: X-AICQ-Room-Key required")
-        fingerprint = (room.id, hashlib.sha256(key.encode()).digest())
-        if self._verified_keys.get(fingerprint):
-            return
-        assert room.key_hash, "private rooms always have a key hash"
-        if not await asyncio.to_thread(bcrypt.checkpw, key.encode(), room.key_hash.encode()):
-            raise Forbidden("invalid room key")
-        self._verified_keys.put(fingerprint, True)
+    async def _check_key(self, room: Room, key: str | None, caller: Caller) -> None:
+        await self.keys.check(room, key, ip=caller.ip, whitelisted=caller.whitelisted)
 
-    async def read_room(self, ref: str, key: str | None, limit: int, before: int | str | None) -> dict[str, Any]:
-        room = await self.room(ref, key)
+    async def read_room(self, caller: Caller, ref: str, key: str | None, limit: int,
+                        before: int | str | None) -> dict[str, Any]:
+        room = await self.room(ref, key, caller)
         page = await self.history.before(room.id, before, limit)
         return {
             "room": {"id": room.id, "name": room.name},
@@ -191,7 +234,7 @@ class ChatService:
 
     async def post_message(self, caller: Caller, ref: str, body: object, pid: object, key: str | None) -> Posted:
         agent = caller.require_agent()
-        room = await self.room(ref, key)
+        room = await self.room(ref, key, caller)
         body = validation.message_body(body)
         pid = validation.parent_id(pid)
         if pid is not None and await self.history.find(room.id, pid) is None:
@@ -202,47 +245,41 @@ class ChatService:
         public = not room.is_private
         words = validation.tokenize(body) if public else []
         frame = spliced(protocol.message_event_data(draft))
-        message = await self.history.append(draft, public=public, words=words, frame=frame)
+        mentioned = await self.mentions.resolve(body, agent.id)
+        mention_frame = spliced(protocol.mention_event_data(draft)) if mentioned else (b"", b"", b"")
+        # The room's message_count is counted by the same script, atomically with the
+        # message (so neither a crash nor a PostgreSQL outage loses it), and reaches
+        # PostgreSQL within a second (flush_counts_forever): no UPDATE per post.
+        message = await self.history.append(draft, public=public, words=words, frame=frame,
+                                            database=self.store.identity, mentioned=mentioned,
+                                            mention_frame=mention_frame)
         metrics.MESSAGES_POSTED.labels(room_type="private" if room.is_private else "public").inc()
-        await self._count(room.id, +1)
         return Posted(message.id, message.ts)
 
-    async def _count(self, room_id: str, delta: int) -> None:
-        # The message is stored and published by now: a PostgreSQL outage must not turn
-        # an accepted post into an error. The change waits in Redis until it is back.
+    async def flush_counts(self) -> int:
+        """Move counted message_count changes into PostgreSQL, in one statement;
+        returns how many rooms. If PostgreSQL is away they go back, for next time."""
+        counts = await self.history.take_parked_counts(self.store.identity)
+        if not counts:
+            return 0
         try:
-            await self.store.count_message(room_id, delta)
+            await self.store.count_messages(counts)
         except Unavailable:
-            log.warning("database unavailable: message_count change parked", extra={"room": room_id})
-            try:
+            for room_id, delta in counts.items():
                 await self.history.park_count(self.store.identity, room_id, delta)
-            except Unavailable:
-                log.error("message_count change lost: PostgreSQL and Redis both unavailable",
-                          extra={"room": room_id})
+            raise
+        return len(counts)
 
-    async def apply_parked_counts(self) -> int:
-        """Move parked message_count changes into PostgreSQL; returns how many rooms."""
-        parked = await self.history.take_parked_counts(self.store.identity)
-        for index, (room_id, delta) in enumerate(parked.items()):
-            try:
-                await self.store.count_message(room_id, delta)
-            except Unavailable:
-                for rest_room, rest_delta in list(parked.items())[index:]:
-                    await self.history.park_count(self.store.identity, rest_room, rest_delta)
-                raise
-        return len(parked)
-
-    async def reconcile_forever(self, every: float = 2.0) -> None:
-        """Background task: apply parked counter changes as soon as both stores answer."""
+    async def flush_counts_forever(self, every: float = 1.0) -> None:
+        """Background task: move message counts to PostgreSQL once a second."""
         while True:
             await asyncio.sleep(every)
             try:
-                if applied := await self.apply_parked_counts():
-                    log.info("applied parked message_count changes for %d rooms", applied)
+                await self.flush_counts()
             except Unavailable:
-                pass  # a store is still away; the next round tries again
+                pass  # a store is away; the counts wait in Redis for the next round
             except Exception:
-                log.exception("reconciling message counts failed")
+                log.exception("moving message counts to PostgreSQL failed")
 
     async def delete_message(self, caller: Caller, ref: str, message_id: str) -> None:
         agent = caller.require_agent()
@@ -260,7 +297,11 @@ class ChatService:
         )
         if removed is None:
             raise NotFound("message not found")
-        await self._count(room.id, -1)
+        await self.mentions.forget(removed)
+        try:
+            await self.history.park_count(self.store.identity, room.id, -1)
+        except Unavailable:  # the message is gone already: a count is not worth a 503
+            log.error("message_count change lost: Redis unavailable after a delete", extra={"room": room.id})
 
     # Direct messages
 
@@ -279,6 +320,21 @@ class ChatService:
     async def read_dms(self, caller: Caller, limit: int) -> dict[str, Any]:
         agent = caller.require_agent()
         return {"messages": [dm.to_public() for dm in await self.history.dms(agent.id, limit)]}
+
+    # Mentions
+
+    async def read_mentions(self, caller: Caller, limit: int, after: int | str | None,
+                            before: int | str | None) -> dict[str, Any]:
+        """Room messages that mention the caller, newest first, between the cursors."""
+        agent = caller.require_agent()
+        messages, has_more = await self.mentions.feed(agent.id, limit, after, before)
+        rooms = {room_id: await self.store.get_room(room_id) for room_id in {m.room_id for m in messages}}
+        mentions = []
+        for message in messages:
+            room = rooms.get(message.room_id)
+            mentions.append({"id": message.id, "room_id": message.room_id,
+                             "room_name": room.name if room else None, **message.to_public()})
+        return {"mentions": mentions, "has_more": has_more}
 
     # Search and stats
 
@@ -352,7 +408,24 @@ class ChatService:
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }, healthy
 
+    # Presence (the mechanism lives in aicq.presence; transports report their readers there)
+
+    async def roster(self, room: Room, *, settle: bool = False) -> orjson.Fragment:
+        """Who is in ``room`` (already authorised: a private room's key was checked), as JSON."""
+        return await self.presence.roster(room.id, settle=settle)
+
+    async def set_status(self, caller: Caller, state: object, text: object, ttl: object) -> dict[str, Any]:
+        agent = caller.require_agent()
+        status = Status(validation.agent_status(state), validation.status_text(text), validation.status_ttl(ttl))
+        if not await self.presence.set_status(agent.id, status):
+            raise Conflict("no live session: a status lasts as long as your sessions (open /ws first)")
+        return status.to_public()
+
     # Realtime reads (transports call these; the hub delivers live events)
+
+    async def position(self, room: Room) -> int | str:
+        """The cursor a live-only subscription starts at (see History.position)."""
+        return await self.history.position(room.id)
 
     def recovered(self, cursor: int | str) -> bool:
         """False when ``cursor`` is older than what history still holds: messages
@@ -360,9 +433,50 @@ class ChatService:
         cursor_ms = cursor if isinstance(cursor, int) else validation.ulid_ms(cursor)
         return cursor_ms >= self.history.cutoff()
 
-    def replay(self, room: Room, cursor: int | str) -> AsyncIterator[list[Message]]:
-        """Pages of every retained message of ``room`` after ``cursor``, oldest first."""
-        return self.history.pages_after(room.id, cursor, REPLAY_PAGE)
+    async def replay(self, room: Room, cursor: int | str, *, caller: Caller | None = None,
+                     allowance: ReplayAllowance | None = None,
+                     page_size: int = REPLAY_PAGE) -> AsyncIterator[list[Message]]:
+        """Pages of every retained message of ``room`` after ``cursor``, oldest first.
+
+        With a ``caller``, paid for as it goes: before a page is handed out, the caller
+        spends one ``read_room`` per ``MESSAGES_PER_READ`` messages its connection has
+        not paid for yet (``allowance`` carries the change from one replay to the
+        next). A replay that finds the cursor current costs nothing, and a reconnect
+        that replays a few messages in each of many rooms costs a read per 200 of
+        them, not one per room. Raises RateLimited between pages when the budget is
+        spent. (An SSE resume pays when it starts, and passes no caller.)
+        """
+        async for page in self.history.pages_after(room.id, cursor, page_size):
+            if caller is not None:
+                assert allowance is not None, "a charged replay carries its allowance"
+                while allowance.left < len(page):
+                    await self.admit(caller, "read_room")
+                    allowance.left += MESSAGES_PER_READ
+                allowance.left -= len(page)
+            yield page
+
+    async def replay_dms(self, agent_id: str, since_ms: int, page_size: int = REPLAY_PAGE,
+                         ) -> AsyncIterator[list[DirectMessage]]:
+        """Pages of every retained DM to ``agent_id`` from ``since_ms`` on (inclusive),
+        oldest first."""
+        cursor: tuple[int, str] | int = since_ms
+        while True:
+            page = await self.history.dms_after(agent_id, cursor, page_size)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            cursor = (page[-1].ts, page[-1].id)
+
+    async def messages_after(self, room: Room, cursor: int | str, limit: int) -> list[Message]:
+        """Up to ``limit`` retained messages of ``room`` after ``cursor``, oldest first."""
+        return await self.history.after(room.id, cursor, limit)
+
+    async def dms_after(self, caller: Caller, cursor: tuple[int, str] | int, limit: int) -> list[DirectMessage]:
+        """Up to ``limit`` of the caller's DMs after ``cursor`` ((ts, id), or unix ms
+        inclusive), oldest first."""
+        agent = caller.require_agent()
+        return await self.history.dms_after(agent.id, cursor, limit)
 
 
 def _ms(started: float) -> str:

@@ -36,9 +36,21 @@ class Settings:
     auto_block_enabled: bool = True
     admin_agent_id: str | None = None
     client_ip_header: str | None = None
+    ipv6_prefix: int = 64  # IPv6 clients are counted per network of this prefix
+    max_sessions_per_ip: int = 50  # live WebSocket (and streaming) sessions per client, per instance
     ws_queue_bytes: int = 1 << 20
     ws_heartbeat: float = 20.0
+    sse_heartbeat: float = 15.0  # a comment line this often keeps proxies from closing an idle stream
     shutdown_timeout: float = 25.0
+    workers: int = 1  # server processes on the port (WEB_CONCURRENCY; aicq/workers.py)
+    presence_ttl: float = 30.0  # an instance's presence entries outlive it by at most this
+    presence_grace: float = 5.0  # a leave waits this long for the agent to come back
+    # Webhooks (aicq/webhooks/): destinations on private networks are refused unless
+    # allowed; the retry schedule and the claim delay are tunable for tests.
+    webhook_allow_private: bool = False
+    webhook_retry_base_ms: int = 10_000
+    webhook_retry_window_s: int = 24 * 3600
+    webhook_claim_idle_ms: int = 30_000
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
@@ -50,13 +62,16 @@ class Settings:
         return self.fly_region or "local"
 
     def is_whitelisted(self, ip: str) -> bool:
+        """Whether the client ``ip`` (an address, or the IPv6 network clients are counted
+        by) is exempt from limits: a network is when any whitelisted address lies in it."""
         if not self.rate_limit_whitelist:
             return False
         try:
-            address = ipaddress.ip_address(ip)
+            client = ipaddress.ip_network(ip, strict=False)
         except ValueError:
             return False
-        return any(address in network for network in self.rate_limit_whitelist)
+        return any(client.overlaps(network) for network in self.rate_limit_whitelist
+                   if client.version == network.version)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -91,7 +106,8 @@ class Settings:
                 raise SettingsError("ADMIN_AGENT_ID must be an agent UUID") from None
 
         header = get("CLIENT_IP_HEADER")
-        if header and not all(c.isalnum() or c == "-" for c in header):
+        # ASCII: Starlette looks header names up in latin-1, so "X-客户" would fail every request.
+        if header and not all(c.isascii() and (c.isalnum() or c == "-") for c in header):
             raise SettingsError("CLIENT_IP_HEADER must be an HTTP header name")
 
         return cls(
@@ -107,9 +123,22 @@ class Settings:
             auto_block_enabled=_bool(get("AUTO_BLOCK_ENABLED"), "AUTO_BLOCK_ENABLED", True),
             admin_agent_id=admin,
             client_ip_header=header.lower() if header else None,
+            ipv6_prefix=_int(get("IPV6_PREFIX"), "IPV6_PREFIX", 64, 32, 128),
+            max_sessions_per_ip=_int(get("MAX_SESSIONS_PER_IP"), "MAX_SESSIONS_PER_IP", 50, 1, 1_000_000),
             ws_queue_bytes=_int(get("WS_QUEUE_BYTES"), "WS_QUEUE_BYTES", 1 << 20, 16 << 10, 1 << 30),
             ws_heartbeat=float(_int(get("WS_HEARTBEAT"), "WS_HEARTBEAT", 20, 1, 3600)),
+            presence_ttl=float(_int(get("PRESENCE_TTL"), "PRESENCE_TTL", 30, 3, 3600)),
+            presence_grace=float(_int(get("PRESENCE_GRACE"), "PRESENCE_GRACE", 5, 0, 60)),
+            sse_heartbeat=float(_int(get("SSE_HEARTBEAT"), "SSE_HEARTBEAT", 15, 1, 3600)),
+            workers=_int(get("WEB_CONCURRENCY"), "WEB_CONCURRENCY", 1, 1, 64),
             instance=get("FLY_ALLOC_ID") or uuid.uuid4().hex[:12],
+            webhook_allow_private=_bool(get("WEBHOOK_ALLOW_PRIVATE"), "WEBHOOK_ALLOW_PRIVATE", False),
+            webhook_retry_base_ms=_int(get("WEBHOOK_RETRY_BASE_MS"), "WEBHOOK_RETRY_BASE_MS", 10_000, 10,
+                                       3_600_000),
+            webhook_retry_window_s=_int(get("WEBHOOK_RETRY_WINDOW_S"), "WEBHOOK_RETRY_WINDOW_S", 24 * 3600,
+                                        1, 7 * 24 * 3600),
+            webhook_claim_idle_ms=_int(get("WEBHOOK_CLAIM_IDLE_MS"), "WEBHOOK_CLAIM_IDLE_MS", 30_000, 200,
+                                       600_000),
         )
 
 

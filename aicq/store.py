@@ -2,7 +2,9 @@
 
 Agents and room identities never change once written, so both are cached in
 bounded LRUs; that keeps auth and room resolution off the database on the hot
-path, and lets streaming and posting ride out a short PostgreSQL outage.
+path, and lets streaming and posting ride out a short PostgreSQL outage. A room
+that is not there is remembered briefly too (``MISSING_*_S``), so asking for the
+same unknown id or name again and again does not reach the database each time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from aicq.errors import Unavailable
 from aicq.models import Agent, Room
 
 T = TypeVar("T")
+
+# How long "no such room" is believed. An id nobody has created cannot appear (ids
+# are random), so its answer keeps; a name can be created at any moment, on any
+# instance: this one forgets the miss when it creates the room, another may keep
+# answering 404 for this long.
+MISSING_ID_S = 60.0
+MISSING_NAME_S = 2.0
 
 
 _AGENT_COLUMNS = "id::text AS id, public_key, name, email, created_at"
@@ -42,6 +51,7 @@ class Store:
         self._agents: LRU = LRU(50_000)
         self._rooms: LRU = LRU(20_000)
         self._room_names: LRU = LRU(20_000)
+        self._missing: LRU = LRU(20_000)  # ("id" | "name", value) -> believed until (monotonic)
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Store:
@@ -53,11 +63,16 @@ class Store:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def _run(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _run(self, query: Callable[[asyncpg.Connection], Awaitable[T]], *, idempotent: bool = True) -> T:
         """Run one query, timing it; a lost database becomes a clean 503.
 
-        After PostgreSQL restarts, each pooled connection is dead until used once; a
-        query that meets one is retried once on a fresh connection.
+        After PostgreSQL restarts, each pooled connection is dead until used once, and a
+        query that meets one is retried once on a fresh connection. But asyncpg reports
+        that ("connection was closed in the middle of operation") exactly as it reports
+        a session the server ended mid-statement (a terminated backend, a fast
+        shutdown), after which the statement may have committed. So only a query that
+        may run twice is retried; a write that must not (``idempotent=False``) is an
+        outage like the others.
         """
         started = time.perf_counter()
         try:
@@ -66,14 +81,23 @@ class Store:
                     async with self.pool.acquire(timeout=3) as conn:
                         return await query(conn)
                 except asyncpg.ConnectionDoesNotExistError:
-                    if attempt == 2:
+                    if attempt == 2 or not idempotent:
                         raise
             raise AssertionError("unreachable")
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                asyncpg.InterfaceError, TimeoutError) as exc:
+        except asyncpg.QueryCanceledError:
+            raise  # a cancelled statement: the server is still there
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.OperatorInterventionError) as exc:
+            # OperatorInterventionError (class 57) is "the server went away": 57P01 admin
+            # shutdown (pg_ctl stop -m fast, pg_terminate_backend), 57P02 crash shutdown,
+            # 57P03 cannot connect now, 57P04 database dropped, 57P05 idle-session timeout.
             raise Unavailable("database unavailable") from exc
         finally:
             metrics.POSTGRES_LATENCY.observe(time.perf_counter() - started)
+
+    async def run(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``_run`` for the stores of other tables (webhooks, server keys)."""
+        return await self._run(query)
 
     async def ping(self) -> None:
         await self._run(lambda c: c.fetchval("SELECT 1"))
@@ -124,6 +148,25 @@ class Store:
                 names[self._cache_agent(_agent(row)).id] = row["name"]
         return names
 
+    def cached_agent(self, agent_id: str) -> Agent | None:
+        """The agent if this instance has it cached; never a query."""
+        return self._agents.get(agent_id)
+
+    async def mention_lookup(self, names: list[str], ids: list[str]) -> tuple[dict[str, str], set[str]]:
+        """For ``@name`` and ``@<id>`` mentions, in one round trip: each name (lowercased)
+        → the oldest agent holding it case-insensitively; and which ``ids`` are agents."""
+
+        async def query(c: asyncpg.Connection) -> tuple[dict[str, str], set[str]]:
+            named = await c.fetch(
+                "SELECT DISTINCT ON (n.key) n.key, a.id::text AS id "
+                "FROM unnest($1::text[]) AS n(key) JOIN agents a ON lower(a.name) = lower(n.key) "
+                "ORDER BY n.key, a.created_at, a.id", names) if names else []
+            found = await c.fetch(
+                "SELECT id::text AS id FROM agents WHERE id = ANY($1::uuid[])", ids) if ids else []
+            return {r["key"]: r["id"] for r in named}, {r["id"] for r in found}
+
+        return await self._run(query)
+
     def _cache_agent(self, agent: Agent) -> Agent:
         self._agents.put(agent.id, agent)
         return agent
@@ -136,24 +179,33 @@ class Store:
                 f"INSERT INTO rooms (name, is_private, key_hash, created_by) "
                 f"VALUES ($1, $2, $3, $4::uuid) RETURNING {_ROOM_COLUMNS}",
                 name, is_private, key_hash, created_by,
-            )
+            ),
+            idempotent=False,  # a second run would make a second room
         )
+        self._missing.pop(("name", name), None)
         return self._cache_room(_room(row))
 
     async def get_room(self, room_id: str) -> Room | None:
         cached = self._rooms.get(room_id)
         if cached is not None:
             return cached
+        if self._known_missing("id", room_id):
+            return None
         row = await self._run(
             lambda c: c.fetchrow(f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = $1::uuid", room_id)
         )
-        return self._cache_room(_room(row)) if row else None
+        if row is None:
+            self._missing.put(("id", room_id), time.monotonic() + MISSING_ID_S)
+            return None
+        return self._cache_room(_room(row))
 
     async def public_room_by_name(self, name: str) -> Room | None:
         """The oldest public room of this name (a newer namesake never shadows it)."""
         room_id = self._room_names.get(name)
         if room_id is not None:
             return await self.get_room(room_id)
+        if self._known_missing("name", name):
+            return None
         row = await self._run(
             lambda c: c.fetchrow(
                 f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE name = $1 AND NOT is_private "
@@ -162,10 +214,20 @@ class Store:
             )
         )
         if row is None:
+            self._missing.put(("name", name), time.monotonic() + MISSING_NAME_S)
             return None
         room = self._cache_room(_room(row))
         self._room_names.put(name, room.id)
         return room
+
+    def _known_missing(self, kind: str, value: str) -> bool:
+        until = self._missing.get((kind, value))
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        self._missing.pop((kind, value), None)
+        return False
 
     def _cache_room(self, room: Room) -> Room:
         self._rooms.put(room.id, room)
@@ -183,14 +245,16 @@ class Store:
 
         return await self._run(query)
 
-    async def count_message(self, room_id: str, delta: int) -> None:
-        """Move the room's message_count; a new message also marks it active."""
-        if delta > 0:
-            sql = ("UPDATE rooms SET message_count = message_count + $2, last_active_at = now() "
-                   "WHERE id = $1::uuid")
-        else:
-            sql = "UPDATE rooms SET message_count = GREATEST(message_count + $2, 0) WHERE id = $1::uuid"
-        await self._run(lambda c: c.execute(sql, room_id, delta))
+    async def count_messages(self, counts: dict[str, int]) -> None:
+        """Move rooms' message_count by ``counts`` (room id → delta) in one statement;
+        a room that gained messages is marked active now."""
+        rooms, deltas = list(counts), list(counts.values())
+        await self._run(lambda c: c.execute(
+            "UPDATE rooms SET message_count = GREATEST(rooms.message_count + v.delta, 0), "
+            "last_active_at = CASE WHEN v.delta > 0 THEN now() ELSE rooms.last_active_at END "
+            "FROM unnest($1::uuid[], $2::bigint[]) AS v(id, delta) WHERE rooms.id = v.id",
+            rooms, deltas,
+        ), idempotent=False)
 
     async def stats(self) -> dict[str, Any]:
         async def query(c: asyncpg.Connection) -> dict[str, Any]:

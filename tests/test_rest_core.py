@@ -10,7 +10,7 @@ import secrets
 import httpx
 import pytest
 
-from tests.helpers import Agent, new_agent
+from tests.helpers import Agent, new_agent, settled_message_count
 
 GLOBAL = "00000000-0000-0000-0000-000000000001"
 
@@ -73,9 +73,9 @@ async def test_create_room_and_read_by_id_and_name(http: httpx.AsyncClient) -> N
     by_name = (await http.get(f"/room/{name}")).json()
     assert by_id == by_name
     assert by_id["messages"][0]["body"] == "hello by name"
+    assert await settled_message_count(http, room["id"], 1) == 1
     channels = (await http.get("/channels", params={"limit": 100})).json()
     listed = next(c for c in channels["channels"] if c["id"] == room["id"])
-    assert listed["message_count"] == 1
     assert channels["channels"][0]["last_active"] >= listed["last_active"]
 
 

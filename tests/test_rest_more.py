@@ -11,7 +11,7 @@ import secrets
 import httpx
 import pytest
 
-from tests.helpers import RedisProcess, new_agent
+from tests.helpers import RedisProcess, new_agent, settled_message_count
 
 
 def ciphertext(size: int = 60) -> str:
@@ -72,8 +72,7 @@ async def test_delete_by_author_admin_and_others(start_server, http: httpx.Async
     admin_server.stop()
     assert (await http.get(f"/room/{room}")).json()["messages"] == []
     assert (await http.get("/find", params={"q": "delete please"})).json()["results"] == []
-    listed = (await http.get("/channels", params={"limit": 100})).json()["channels"]
-    assert next(c for c in listed if c["id"] == room)["message_count"] == 0
+    assert await settled_message_count(http, room, 0) == 0
 
 
 async def test_search_semantics(http: httpx.AsyncClient) -> None:
@@ -134,7 +133,9 @@ async def test_health_api_docs_openapi(http: httpx.AsyncClient) -> None:
     assert health["status"] == "healthy" and health["version"] and health["instance"]
     assert {c["status"] for c in health["checks"].values()} == {"pass"}
     assert re.match(r"^[\d.]+ms$", health["checks"]["redis"]["latency"])
-    assert (await http.get("/api")).json() == {"name": "AICQ", "version": health["version"], "docs": "/docs"}
+    api = (await http.get("/api")).json()
+    assert api == {"name": "AICQ", "version": health["version"], "docs": "/docs", "webhook_key": api["webhook_key"]}
+    assert len(base64.b64decode(api["webhook_key"], validate=True)) == 32
     docs = await http.get("/docs")
     assert docs.headers["content-type"].startswith("text/markdown") and "Onboarding" in docs.text
     spec = await http.get("/docs/openapi.yaml")
@@ -228,7 +229,7 @@ async def test_parked_message_counts_reach_postgres(http: httpx.AsyncClient, sto
         listed = (await http.get("/channels", params={"limit": 100})).json()["channels"]
         return next(c["message_count"] for c in listed if c["id"] == room)
 
-    for _ in range(100):  # the reconciler runs every 2 s; bounded at 10 s
+    for _ in range(100):  # counts move to PostgreSQL every second; bounded at 10 s
         if await count() == 3:
             break
         await asyncio.sleep(0.1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import time
 
 import httpx
 import orjson
@@ -33,8 +34,11 @@ async def test_hello_then_anonymous_reads_public_room(server, http: httpx.AsyncC
         assert hello["heartbeat"] > 0 and hello["instance"] and hello["session"]
         ok = await _subscribe(ws, room)
         assert ok == {"type": "ok", "ref": "sub", "room": {"id": room, "name": ok["room"]["name"]},
-                      "replayed": 0, "recovered": True}
+                      "replayed": 0, "recovered": True, "cursor": ok["cursor"]}
+        # An empty room stands at a millisecond no later message can precede.
+        assert isinstance(ok["cursor"], int) and ok["cursor"] < time.time() * 1000 + 5000
         posted = (await agent.post(http, room, "live!")).json()
+        assert posted["ts"] > ok["cursor"]
         event = await recv_json(ws)
         assert event == {"type": "message", "room": room,
                          "msg": {"id": posted["id"], "from": agent.id, "body": "live!", "ts": posted["ts"]}}
@@ -275,3 +279,27 @@ async def test_live_order_is_ts_id_order_across_instances(start_server, server, 
     assert live == sorted(live) and len(set(live)) == len(live) == 100
     history = (await http.get(f"/room/{room}", params={"limit": 200})).json()["messages"]
     assert [(m["ts"], m["id"]) for m in reversed(history)] == live
+
+
+@pytest.mark.parametrize("history", [0, 2], ids=["empty-room", "room-with-history"])
+async def test_subscribe_cursor_resumes_a_quiet_room_without_loss(server, http: httpx.AsyncClient,
+                                                                 history: int) -> None:
+    """Issue 12.5: the ``cursor`` of a live-only subscribe is a resume point that
+    misses nothing posted after it and repeats nothing posted before it."""
+    agent = await new_agent(http)
+    room = (await agent.create_room(http))["id"]
+    old = [(await agent.post(http, room, f"old {i}")).json()["id"] for i in range(history)]
+    async with connect(server.ws_url) as ws:
+        await recv_json(ws)
+        ok = await _subscribe(ws, room)
+    assert ok["cursor"] == (old[-1] if old else ok["cursor"])
+    missed = [(await agent.post(http, room, f"while away {i}")).json()["id"] for i in range(3)]
+    async with connect(server.ws_url) as ws:
+        await recv_json(ws)
+        await _send(ws, op="subscribe", room=room, ref="again", since=ok["cursor"])
+        replayed = []
+        while (frame := await recv_json(ws))["type"] == "message":
+            replayed.append(frame["msg"]["id"])
+        assert frame["type"] == "ok" and frame["replayed"] == 3 and frame["recovered"] is True
+        assert frame["cursor"] == missed[-1]
+    assert replayed == missed

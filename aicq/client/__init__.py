@@ -6,10 +6,14 @@
 
     async with AsyncClient("http://localhost:8080", Profile().load()) as client:
         await client.post("global", "hello, agents")
-        async for event in client.stream(["global"], dms=True):
+        async for event in client.stream(["global"], dms=True, mentions=True):
             print(event)
 
-:class:`Client` is the same API for code without an event loop.
+``client.events(...)`` yields the same events over Server-Sent Events, for
+environments without WebSockets. :class:`Client` is the same API for code without
+an event loop.
+:class:`Client` is the same API for code without an event loop. A webhook receiver
+checks each delivery with :func:`verify_webhook`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from aicq.client.errors import (
     APIError,
     AuthError,
     BadRequest,
+    Conflict,
     CredentialsError,
     DMCryptoError,
     Forbidden,
@@ -39,6 +44,7 @@ from aicq.client.errors import (
     TransportError,
     Unprocessable,
     UnsupportedMediaType,
+    WebhookSignatureError,
 )
 from aicq.client.models import (
     Agent,
@@ -47,14 +53,25 @@ from aicq.client.models import (
     DirectMessage,
     Event,
     Gap,
+    Joined,
+    Left,
+    Member,
+    Mention,
+    MentionPage,
     Message,
     Page,
     Posted,
     Room,
+    Roster,
     SearchHit,
+    Status,
+    StatusChanged,
+    Webhook,
 )
+from aicq.client.sse import EventStream
 from aicq.client.stream import Stream
 from aicq.client.sync import Client
+from aicq.client.webhooks import verify_webhook
 
 __all__ = [
     "DEFAULT_URL",
@@ -66,14 +83,21 @@ __all__ = [
     "BadRequest",
     "Channel",
     "Client",
+    "Conflict",
     "Credentials",
     "CredentialsError",
     "DMCryptoError",
     "Deleted",
     "DirectMessage",
     "Event",
+    "EventStream",
     "Forbidden",
     "Gap",
+    "Joined",
+    "Left",
+    "Member",
+    "Mention",
+    "MentionPage",
     "Message",
     "NotFound",
     "Page",
@@ -82,16 +106,22 @@ __all__ = [
     "Profile",
     "RateLimited",
     "Room",
+    "Roster",
     "SearchHit",
     "ServerError",
+    "Status",
+    "StatusChanged",
     "Stream",
     "StreamClosed",
     "TransportError",
     "Unprocessable",
     "UnsupportedMediaType",
+    "Webhook",
+    "WebhookSignatureError",
     "decrypt_dm",
     "encrypt_dm",
     "generate_keypair",
     "private_key_from_b64",
     "public_key_b64",
+    "verify_webhook",
 ]

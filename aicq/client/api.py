@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -24,14 +25,20 @@ from aicq.client.models import (
     Agent,
     Channel,
     DirectMessage,
+    Mention,
+    MentionPage,
     Message,
     Page,
     Posted,
     Room,
+    Roster,
     SearchHit,
+    Status,
+    Webhook,
 )
 
 if TYPE_CHECKING:
+    from aicq.client.sse import EventStream
     from aicq.client.stream import Stream
 
 DEFAULT_URL = "http://localhost:8080"
@@ -60,6 +67,11 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         return data["error"]
     return response.text.strip() or response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def error_from(response: httpx.Response) -> Exception:
+    """The client error for a refused request (the server's message, its Retry-After)."""
+    return error_for(response.status_code, _error_message(response), _retry_after(response))
 
 
 def ws_url_for(base_url: str) -> str:
@@ -184,9 +196,7 @@ class AsyncClient:
                     await asyncio.sleep(wait)
                     continue
             if response.status_code >= 400:
-                raise error_for(
-                    response.status_code, _error_message(response), _retry_after(response)
-                )
+                raise error_from(response)
             if not response.content:
                 return None
             return response.json()
@@ -270,6 +280,33 @@ class AsyncClient:
     async def delete(self, room: str, message_id: str) -> None:
         await self.request("DELETE", f"/room/{_segment(room)}/{_segment(message_id)}", signed=True)
 
+    # -- presence ---------------------------------------------------------------
+
+    async def presence(self, room: str, *, key: str | None = None) -> Roster:
+        """Who is in ``room`` now: the agents (name, since, status) and the anonymous readers."""
+        headers = {ROOM_KEY_HEADER: key} if key is not None else None
+        data = await self.request(
+            "GET",
+            f"/room/{_segment(room)}/presence",
+            headers=headers,
+            signed=self.credentials is not None and self.credentials.agent_id is not None,
+        )
+        return Roster.from_json(data, room)
+
+    async def set_status(
+        self, status: str, text: str | None = None, *, ttl: int | None = None
+    ) -> Status:
+        """Say what this agent is doing: ``online``, ``busy``, ``thinking`` or ``away``,
+        with an optional text (≤ 64 characters). It lasts until ``ttl`` seconds have
+        passed or the agent's last live session ends, whichever comes first; the
+        server refuses it (409) while the agent has no live session."""
+        payload: dict[str, Any] = {"status": status}
+        if text is not None:
+            payload["text"] = text
+        if ttl is not None:
+            payload["ttl"] = ttl
+        return Status.from_json(await self.request("PUT", "/status", json=payload, signed=True))
+
     async def find(
         self,
         query: str,
@@ -309,28 +346,118 @@ class AsyncClient:
         """Decrypt one DM (as :meth:`inbox` does)."""
         return decrypt_all([dm], self.require_credentials())[0]
 
+    # -- mentions and webhooks ------------------------------------------------------
+
+    async def mentions(
+        self,
+        *,
+        limit: int | None = None,
+        after: str | int | None = None,
+        before: str | int | None = None,
+    ) -> MentionPage:
+        """Room messages that mention us, newest first (kept 7 days).
+
+        ``after`` / ``before``: a message id or unix ms, exclusive. To catch up from
+        the last mention handled: ``after=its id``; while ``has_more``, ask again
+        with the same ``after`` and ``before=`` the oldest id of the page.
+        """
+        params = {"limit": limit, "after": after, "before": before}
+        data = await self.request("GET", "/mentions", params=params, signed=True)
+        return MentionPage([Mention.from_json(m) for m in data["mentions"]], bool(data.get("has_more")))
+
+    async def add_webhook(
+        self, url: str, events: Sequence[str], *, key: str | None = None
+    ) -> Webhook:
+        """Have the server POST ``events`` to ``url``: ``dm``, ``mention``, ``room:<id or name>``.
+
+        ``key``: the key of a private room named in ``events`` that we have not used yet.
+        Verify each delivery with :func:`aicq.client.verify_webhook`.
+        """
+        headers = {ROOM_KEY_HEADER: key} if key is not None else None
+        data = await self.request(
+            "POST", "/webhooks", json={"url": url, "events": list(events)}, headers=headers, signed=True
+        )
+        return Webhook.from_json(data)
+
+    async def webhooks(self) -> list[Webhook]:
+        """Our webhooks, with the server's recent delivery results for each."""
+        data = await self.request("GET", "/webhooks", signed=True)
+        return [Webhook.from_json(w) for w in data["webhooks"]]
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self.request("DELETE", f"/webhooks/{_segment(webhook_id)}", signed=True)
+
+    async def webhook_key(self) -> str:
+        """The server's public key for webhook signatures (standard base64)."""
+        data = await self.request("GET", "/.well-known/aicq-webhook-key")
+        return str(data["public_key"])
+
     # -- streaming ----------------------------------------------------------------
+
+    def open_stream(
+        self, path: str, *, params: Mapping[str, Any], headers: Mapping[str, str], timeout: httpx.Timeout
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """A streaming ``GET`` on this client's connection pool (for event streams)."""
+        return self._http.stream("GET", path, params=params, headers=headers, timeout=timeout)
 
     def stream(
         self,
         rooms: Iterable[str] = (),
         *,
         dms: bool = False,
+        mentions: bool = False,
         keys: Mapping[str, str] | None = None,
         since: Mapping[str, str] | None = None,
         max_attempts: int | None = None,
         first_attempts: int | None = None,
         urls: Sequence[str] | None = None,
+        presence: bool = False,
+        identify: bool = False,
     ) -> Stream:
         """Live events over one WebSocket that resumes by itself; see :class:`Stream`.
 
-        ``async for event in client.stream(["global"], dms=True): ...``
+        ``async for event in client.stream(["global"], dms=True, mentions=True): ...``
 
         ``urls``: several instances' base URLs; each reconnection goes to the next.
+        ``presence``: also who is in each room, and its changes. ``identify``: be
+        listed as present in the rooms (authenticates the socket; implied by ``dms``).
         """
         from aicq.client.stream import Stream
 
         return Stream(
+            self,
+            rooms,
+            dms=dms,
+            mentions=mentions,
+            keys=keys,
+            since=since,
+            max_attempts=max_attempts,
+            first_attempts=first_attempts,
+            urls=urls,
+            presence=presence,
+            identify=identify,
+        )
+
+    def events(
+        self,
+        rooms: Iterable[str] = (),
+        *,
+        dms: bool = False,
+        keys: Mapping[str, str] | None = None,
+        since: str | None = None,
+        max_attempts: int | None = None,
+        first_attempts: int | None = None,
+        urls: Sequence[str] | None = None,
+    ) -> EventStream:
+        """The same live events as :meth:`stream`, over Server-Sent Events (plain HTTP):
+        for environments without WebSockets. Resumes by itself, as a browser's
+        EventSource does; ``since`` is a message id, unix ms, or a ``cursor`` it gave.
+
+        ``async for event in client.events(["global"]): ...``
+        """
+        from aicq.client.sse import EventStream
+
+        return EventStream(
             self,
             rooms,
             dms=dms,

@@ -22,7 +22,18 @@ from aicq.client import render
 from aicq.client.api import DEFAULT_URL, AsyncClient
 from aicq.client.credentials import DEFAULT_PROFILE, Credentials, Profile
 from aicq.client.errors import AICQError, CredentialsError
-from aicq.client.models import Deleted, DirectMessage, Gap, Message
+from aicq.client.mcp import command as mcp_command
+from aicq.client.models import (
+    Deleted,
+    DirectMessage,
+    Gap,
+    Joined,
+    Left,
+    Mention,
+    Message,
+    Roster,
+    StatusChanged,
+)
 
 Handler = Callable[[argparse.Namespace, AsyncClient], Awaitable[int]]
 
@@ -205,16 +216,21 @@ async def _read(args: argparse.Namespace, client: AsyncClient) -> int:
 
 
 async def _tail(args: argparse.Namespace, client: AsyncClient) -> int:
-    if not args.rooms and not args.dms:
-        _note("aicq tail: name at least one ROOM, or --dms")
+    if not args.rooms and not args.dms and not args.mentions:
+        _note("aicq tail: name at least one ROOM, or --dms, or --mentions")
         return 2
     keys = dict.fromkeys(args.rooms, args.key) if args.key is not None else None
+    # An agent that follows a room is in it: with credentials, the socket says who it is.
+    identify = client.credentials is not None and client.credentials.agent_id is not None
     # Fail fast on a wrong URL; once connected, keep resuming for as long as it takes.
-    stream = client.stream(args.rooms, dms=args.dms, keys=keys, first_attempts=5)
+    follow = client.events if args.sse else client.stream
+    extra = {} if args.sse else {"presence": args.presence, "identify": identify, "mentions": args.mentions}
+    stream = follow(args.rooms, dms=args.dms, keys=keys, first_attempts=5, **extra)
 
     async def announce() -> None:
         await stream.wait_ready()
-        what = ", ".join(args.rooms + (["DMs"] if args.dms else []))
+        extra = (["DMs"] if args.dms else []) + (["mentions"] if args.mentions else [])
+        what = ", ".join(args.rooms + extra)
         _note(f"tailing {what} (Ctrl-C to stop)")
 
     announcer = asyncio.create_task(announce())
@@ -238,6 +254,11 @@ def _show(event: object, as_json: bool, room_name: Callable[[str], str]) -> None
             _emit({"type": "dm", **event.to_json()})
         else:
             _say(render.direct(event))
+    elif isinstance(event, Mention):
+        if as_json:
+            _emit({"type": "mention", **event.to_json()})
+        else:
+            _say(render.mention(event, room_name(event.room)))
     elif isinstance(event, Deleted):
         if as_json:
             _emit(event.to_json())
@@ -247,6 +268,31 @@ def _show(event: object, as_json: bool, room_name: Callable[[str], str]) -> None
         if as_json:
             _emit(event.to_json())
         _note(f"warning: messages of {room_name(event.room)} expired while disconnected")
+    elif isinstance(event, (Roster, Joined, Left, StatusChanged)):
+        if as_json:
+            _emit(event.to_json())
+        else:
+            _say(render.presence(event, room_name(event.room)))
+
+
+async def _who_is_here(args: argparse.Namespace, client: AsyncClient) -> int:
+    here = await client.presence(args.room, key=args.key)
+    if args.json:
+        _emit({"agents": [m.to_json() for m in here.agents], "readers": here.readers})
+    else:
+        _say(render.roster(here, args.room))
+    return 0
+
+
+async def _status(args: argparse.Namespace, client: AsyncClient) -> int:
+    status = await client.set_status(args.status, _text(args.text) if args.text else None, ttl=args.ttl)
+    if args.json:
+        _emit(status.to_json())
+    else:
+        until = f" for {status.ttl} s at most" if status.ttl else ""
+        _say(f"status: {status.status}{f' ({status.text})' if status.text else ''}{until}, "
+             "while a session of yours is live")
+    return 0
 
 
 async def _dm(args: argparse.Namespace, client: AsyncClient) -> int:
@@ -267,6 +313,50 @@ async def _inbox(args: argparse.Namespace, client: AsyncClient) -> int:
     else:
         for dm in reversed(messages):
             _say(render.direct(dm))
+    return 0
+
+
+async def _mentions(args: argparse.Namespace, client: AsyncClient) -> int:
+    page = await client.mentions(limit=args.limit, after=args.after, before=args.before)
+    if args.json:
+        _emit(page.to_json())
+        return 0
+    if not page.mentions:
+        _say("no mentions")
+    for item in reversed(page.mentions):  # oldest first reads naturally
+        _say(render.mention(item))
+    if page.has_more and page.mentions:
+        _note(f"(older mentions: --before {page.mentions[-1].id})")
+    return 0
+
+
+async def _webhooks(args: argparse.Namespace, client: AsyncClient) -> int:
+    hooks = await client.webhooks()
+    if args.json:
+        _emit({"webhooks": [h.to_json() for h in hooks]})
+    elif not hooks:
+        _say("no webhooks")
+    else:
+        _say("\n".join(render.webhook(h) for h in hooks))
+    return 0
+
+
+async def _add_webhook(args: argparse.Namespace, client: AsyncClient) -> int:
+    hook = await client.add_webhook(args.endpoint, args.events, key=args.key)
+    if args.json:
+        _emit(hook.to_json())
+    else:
+        _say(f"webhook {hook.id}: {', '.join(hook.events)} -> {hook.url}")
+        _say(f"verify deliveries with the server key {await client.webhook_key()}")
+    return 0
+
+
+async def _delete_webhook(args: argparse.Namespace, client: AsyncClient) -> int:
+    await client.delete_webhook(args.id)
+    if args.json:
+        _emit({"deleted": args.id})
+    else:
+        _say(f"deleted webhook {args.id}")
     return 0
 
 
@@ -344,8 +434,27 @@ def register_commands(subparsers: Any) -> None:
     p = verb("tail", "follow rooms (and DMs) live; resumes by itself after a disconnect")
     p.add_argument("rooms", metavar="ROOM", nargs="*", help="room ids or public room names")
     p.add_argument("--dms", action="store_true", help="also show direct messages")
+    p.add_argument("--presence", action="store_true",
+                   help="also show who is in each room, and who joins, leaves or changes status")
+    p.add_argument("--mentions", action="store_true", help="also show messages that mention you")
     p.add_argument("--key", help="private room key (for every ROOM given)")
+    p.add_argument("--sse", action="store_true",
+                   help="stream over Server-Sent Events (plain HTTP) instead of a WebSocket")
     p.set_defaults(func=_tail_entry)
+
+    p = verb("who-is-here", "show the agents in a room (name, status, since) and its anonymous readers")
+    p.add_argument("room", metavar="ROOM", help="room id or public room name")
+    p.add_argument("--key", help="private room key")
+    p.set_defaults(func=_run(_who_is_here, credentials="optional"))
+
+    p = verb("status", "say what you are doing, in every room you are in (needs a live session, "
+                       "e.g. `aicq tail ROOM` running)")
+    p.add_argument("status", choices=["online", "busy", "thinking", "away"])
+    p.add_argument("text", metavar="TEXT", nargs="?",
+                   help="a short note, 64 characters at most ('-' reads standard input)")
+    p.add_argument("--ttl", type=int, metavar="SECONDS",
+                   help="end it after this long (default: when your last session ends)")
+    p.set_defaults(func=_run(_status, credentials="required"))
 
     p = verb("dm", "send an end-to-end encrypted direct message (TEXT '-' reads stdin)")
     p.add_argument("agent", metavar="AGENT", help="the recipient's agent id")
@@ -355,6 +464,28 @@ def register_commands(subparsers: Any) -> None:
     p = verb("inbox", "show and decrypt your direct messages")
     p.add_argument("--limit", type=int)
     p.set_defaults(func=_run(_inbox, credentials="required"))
+
+    p = verb("mentions", "show room messages that mention you (@name or @id), newest last")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--after", metavar="X", help="only mentions after this message id or unix ms")
+    p.add_argument("--before", metavar="X", help="only mentions before this message id or unix ms")
+    p.set_defaults(func=_run(_mentions, credentials="required"))
+
+    p = verb("webhooks", "list your webhooks and their recent deliveries")
+    p.set_defaults(func=_run(_webhooks, credentials="required"))
+
+    p = verb("add-webhook", "have the server POST events to a URL (signed; see /docs)")
+    # Not "url": --url is the server's.
+    p.add_argument("endpoint", metavar="URL", help="https URL that receives the events")
+    p.add_argument(
+        "events", metavar="EVENT", nargs="+", help="dm, mention, or room:<room id or public name>"
+    )
+    p.add_argument("--key", help="the key of a private room named in EVENT")
+    p.set_defaults(func=_run(_add_webhook, credentials="required"))
+
+    p = verb("delete-webhook", "delete one of your webhooks")
+    p.add_argument("id", metavar="ID", help="the webhook id")
+    p.set_defaults(func=_run(_delete_webhook, credentials="required"))
 
     p = verb("find", "search public rooms")
     p.add_argument("query", metavar="QUERY")
@@ -368,7 +499,12 @@ def register_commands(subparsers: Any) -> None:
     p.add_argument("id", metavar="ID", help="the message id")
     p.set_defaults(func=_run(_delete, credentials="required"))
 
+    p = verb("mcp", "serve this agent's tools to an LLM agent over MCP (stdio, or --http)")
+    mcp_command.add_arguments(p)
+    p.set_defaults(func=lambda args: mcp_command.run(args, _url(args)))
+
 
 def _tail_entry(args: argparse.Namespace) -> int:
-    # DMs need a registered agent; rooms alone can be followed anonymously.
-    return _run(_tail, credentials="required" if args.dms else "optional")(args)
+    # DMs and mentions need a registered agent; rooms alone can be followed anonymously.
+    needed = "required" if args.dms or args.mentions else "optional"
+    return _run(_tail, credentials=needed)(args)

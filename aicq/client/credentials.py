@@ -3,7 +3,8 @@
 A profile directory (``.aicq`` by default) holds, as the original clients do:
 
 - ``private.key``: standard base64 of the 32-byte Ed25519 seed, file mode 0600;
-- ``agent.json``: ``{"id": "<uuid>", "public_key": "<base64>"}`` once registered.
+- ``agent.json``: ``{"id": "<uuid>", "public_key": "<base64>"}`` once registered;
+- ``room_keys.json``: ``{"<room uuid>": "<key>"}``, private rooms' keys, mode 0600.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aicq.client.errors import CredentialsError
 DEFAULT_PROFILE = ".aicq"
 PRIVATE_KEY_FILE = "private.key"
 AGENT_FILE = "agent.json"
+ROOM_KEYS_FILE = "room_keys.json"
 
 
 def generate_keypair() -> tuple[Ed25519PrivateKey, str]:
@@ -100,6 +102,10 @@ class Profile:
     def agent_path(self) -> Path:
         return self.directory / AGENT_FILE
 
+    @property
+    def room_keys_path(self) -> Path:
+        return self.directory / ROOM_KEYS_FILE
+
     def has_key(self) -> bool:
         return self.key_path.exists()
 
@@ -150,6 +156,28 @@ class Profile:
         """Write ``agent.json`` for registered credentials."""
         data = {"id": creds.require_id(), "public_key": creds.public_key}
         self._write(self.agent_path, json.dumps(data, indent=2) + "\n", mode=0o644)
+
+    def load_room_keys(self) -> dict[str, str]:
+        """Private rooms' keys by room id (empty when none were saved).
+
+        Raises:
+            CredentialsError: the file exists but cannot be read as such a map.
+        """
+        try:
+            data = json.loads(self.room_keys_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise CredentialsError(f"cannot read {self.room_keys_path}: {exc}") from exc
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise CredentialsError(f"{self.room_keys_path} is not a map of room ids to keys")
+        return data
+
+    def save_room_keys(self, keys: dict[str, str]) -> None:
+        """Write ``room_keys.json`` with the private key's file mode (0600)."""
+        self._write(self.room_keys_path, json.dumps(keys, indent=2) + "\n", mode=0o600)
 
     def _write(self, path: Path, text: str, *, mode: int) -> None:
         # Write a sibling file with its final mode and rename it over the target,

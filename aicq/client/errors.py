@@ -7,11 +7,13 @@
     ├── CredentialsError          missing, unreadable or unregistered credentials
     ├── DMCryptoError             a DM could not be encrypted or decrypted
     ├── StreamClosed              the server closed the stream for a reason retrying won't fix
+    ├── WebhookSignatureError     a webhook delivery's signature or timestamp does not check out
     └── APIError                  the server answered with an error status (``status``, ``message``)
         ├── BadRequest            400
         ├── AuthError             401
         ├── Forbidden             403
         ├── NotFound              404
+        ├── Conflict              409
         ├── PayloadTooLarge       413
         ├── UnsupportedMediaType  415
         ├── Unprocessable         422
@@ -56,6 +58,10 @@ class StreamClosed(AICQError):
     """
 
 
+class WebhookSignatureError(AICQError):
+    """A request claiming to be a webhook delivery is not one the server signed (or it is stale)."""
+
+
 class APIError(AICQError):
     """The server refused a request; ``status`` and ``message`` are what it said."""
 
@@ -79,6 +85,10 @@ class Forbidden(APIError):
 
 class NotFound(APIError):
     """404: no such agent, room or message."""
+
+
+class Conflict(APIError):
+    """409: it exists already (a webhook URL registered twice)."""
 
 
 class PayloadTooLarge(APIError):
@@ -110,6 +120,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
     401: AuthError,
     403: Forbidden,
     404: NotFound,
+    409: Conflict,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: Unprocessable,

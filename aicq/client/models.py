@@ -223,4 +223,206 @@ class SearchHit:
         }
 
 
-Event = Message | Deleted | DirectMessage | Gap
+@dataclass(frozen=True)
+class Member:
+    """An agent present in a room: live there now, since ``since`` (unix ms)."""
+
+    id: str
+    since: int
+    status: str = "online"  # online, busy, thinking or away
+    name: str | None = None
+    text: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Json) -> Member:
+        return cls(
+            id=data["id"],
+            since=int(data["since"]),
+            status=str(data.get("status") or "online"),
+            name=data.get("name"),
+            text=data.get("text"),
+        )
+
+    def to_json(self) -> Json:
+        return _drop_none(
+            {"id": self.id, "name": self.name, "since": self.since, "status": self.status,
+             "text": self.text}
+        )
+
+
+@dataclass(frozen=True)
+class Roster:
+    """Who is in ``room``: the agents, and how many anonymous readers.
+
+    A stream yields one when a subscription that asked for presence is answered
+    (again after every reconnect): it replaces whatever the reader knew of the room.
+    """
+
+    room: str
+    agents: list[Member]
+    readers: int
+
+    @classmethod
+    def from_json(cls, data: Json, room: str) -> Roster:
+        return cls(room, [Member.from_json(m) for m in data["agents"]], int(data.get("readers", 0)))
+
+    def to_json(self) -> Json:
+        return {"type": "presence", "room": self.room, "agents": [m.to_json() for m in self.agents],
+                "readers": self.readers}
+
+
+@dataclass(frozen=True)
+class Joined:
+    """``member`` arrived in ``room``."""
+
+    room: str
+    member: Member
+
+    def to_json(self) -> Json:
+        return {"type": "join", "room": self.room, "agent": self.member.to_json()}
+
+
+@dataclass(frozen=True)
+class Left:
+    """Agent ``agent`` is no longer in ``room``."""
+
+    room: str
+    agent: str
+
+    def to_json(self) -> Json:
+        return {"type": "leave", "room": self.room, "agent": {"id": self.agent}}
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    """Agent ``agent``, present in ``room``, has a new status."""
+
+    room: str
+    agent: str
+    status: str
+    text: str | None = None
+
+    def to_json(self) -> Json:
+        return {"type": "status", "room": self.room,
+                "agent": _drop_none({"id": self.agent, "status": self.status, "text": self.text})}
+
+
+@dataclass(frozen=True)
+class Status:
+    """An agent's own status, as the server stored it."""
+
+    status: str
+    text: str | None = None
+    ttl: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Json) -> Status:
+        return cls(str(data["status"]), data.get("text"), data.get("ttl"))
+
+    def to_json(self) -> Json:
+        return _drop_none({"status": self.status, "text": self.text, "ttl": self.ttl})
+
+
+@dataclass(frozen=True)
+class Mention:
+    """A room message that names us (``@name`` or ``@<our id>``).
+
+    From ``GET /mentions`` (which also gives ``room_name``) or a live ``mention`` event.
+    """
+
+    id: str
+    room: str
+    sender: str
+    body: str
+    ts: int
+    room_name: str | None = None
+    pid: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Json, room: str | None = None) -> Mention:
+        return cls(
+            id=data["id"],
+            room=room if room is not None else data["room_id"],
+            sender=data["from"],
+            body=data["body"],
+            ts=int(data["ts"]),
+            room_name=data.get("room_name"),
+            pid=data.get("pid") or None,
+        )
+
+    def to_json(self) -> Json:
+        return _drop_none(
+            {
+                "id": self.id,
+                "room_id": self.room,
+                "room_name": self.room_name,
+                "from": self.sender,
+                "body": self.body,
+                "pid": self.pid,
+                "ts": self.ts,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class MentionPage:
+    """Mentions, newest first; ``has_more``: more lie between the cursors than fit."""
+
+    mentions: list[Mention]
+    has_more: bool
+
+    def to_json(self) -> Json:
+        return {"mentions": [m.to_json() for m in self.mentions], "has_more": self.has_more}
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One of our webhook endpoints, as ``GET /webhooks`` describes it.
+
+    ``status`` is ``active``, ``failing`` (since ``failing_since``) or ``disabled``
+    (``disabled_reason`` says why); ``recent_deliveries`` are the server's last
+    results for it, newest first, as it reported them.
+    """
+
+    id: str
+    url: str
+    events: list[str]
+    status: str
+    created_at: str
+    recent_deliveries: list[Json]
+    failing_since: str | None = None
+    disabled_at: str | None = None
+    disabled_reason: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Json) -> Webhook:
+        return cls(
+            id=data["id"],
+            url=data["url"],
+            events=list(data.get("events", [])),
+            status=data.get("status", "active"),
+            created_at=data.get("created_at", ""),
+            recent_deliveries=list(data.get("recent_deliveries", [])),
+            failing_since=data.get("failing_since"),
+            disabled_at=data.get("disabled_at"),
+            disabled_reason=data.get("disabled_reason"),
+        )
+
+    def to_json(self) -> Json:
+        return _drop_none(
+            {
+                "id": self.id,
+                "url": self.url,
+                "events": self.events,
+                "status": self.status,
+                "created_at": self.created_at,
+                "failing_since": self.failing_since,
+                "disabled_at": self.disabled_at,
+                "disabled_reason": self.disabled_reason,
+                "recent_deliveries": self.recent_deliveries,
+            }
+        )
+
+
+PresenceEvent = Roster | Joined | Left | StatusChanged
+Event = Message | Deleted | DirectMessage | Gap | Mention | PresenceEvent

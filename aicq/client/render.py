@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 
-from aicq.client.models import Agent, Channel, DirectMessage, Message, SearchHit
+from aicq.client.models import (
+    Agent,
+    Channel,
+    DirectMessage,
+    Joined,
+    Left,
+    Member,
+    Mention,
+    Message,
+    PresenceEvent,
+    Roster,
+    SearchHit,
+    StatusChanged,
+    Webhook,
+)
 
 
 def clock(ts_ms: int) -> str:
@@ -59,3 +73,55 @@ def hit(result: SearchHit) -> str:
         f"[{result.room_name or result.room_id}] {clock(result.ts)}  {result.id}  "
         f"{short(result.sender)}: {one_line(result.body)}"
     )
+
+
+def _status(status: str, text: str | None) -> str:
+    return f"{status}: {one_line(text)}" if text else status
+
+
+def member(m: Member) -> str:
+    name = one_line(m.name) if m.name else short(m.id)
+    return f"{name}  {m.id}  {_status(m.status, m.text)}  (since {clock(m.since)})"
+
+
+def roster(r: Roster, room_name: str | None = None) -> str:
+    where = room_name or r.room
+    readers = f"{r.readers} anonymous reader{'' if r.readers == 1 else 's'}"
+    if not r.agents:
+        return f"no agents in {where} ({readers})"
+    lines = [member(m) for m in r.agents]
+    count = len(r.agents)
+    lines.append(f"{count} agent{'' if count == 1 else 's'} in {where}, and {readers}")
+    return "\n".join(lines)
+
+
+def presence(event: PresenceEvent, room_name: str | None = None) -> str:
+    where = f"[{room_name or event.room}] "
+    if isinstance(event, Roster):
+        names = ", ".join(one_line(m.name) if m.name else short(m.id) for m in event.agents) or "nobody"
+        return f"{where}here: {names} (+{event.readers} anonymous)"
+    if isinstance(event, Joined):
+        who = one_line(event.member.name) if event.member.name else short(event.member.id)
+        return f"{where}{who} joined ({_status(event.member.status, event.member.text)})"
+    if isinstance(event, Left):
+        return f"{where}{short(event.agent)} left"
+    assert isinstance(event, StatusChanged)
+    return f"{where}{short(event.agent)} is {_status(event.status, event.text)}"
+
+
+def mention(item: Mention, room_name: str | None = None) -> str:
+    where = room_name or item.room_name or item.room
+    return f"[@ {where}] {clock(item.ts)}  {item.id}  {short(item.sender)}: {one_line(item.body)}"
+
+
+def webhook(hook: Webhook) -> str:
+    lines = [f"{hook.id}  {hook.status:<8}  {hook.url}", f"    events: {', '.join(hook.events)}"]
+    if hook.disabled_reason:
+        lines.append(f"    {hook.disabled_reason}")
+    elif hook.failing_since:
+        lines.append(f"    failing since {hook.failing_since}")
+    for result in hook.recent_deliveries[:3]:
+        detail = result.get("error") or f"HTTP {result.get('status')}"
+        lines.append(f"    {result.get('at')}  {result.get('event')}  attempt {result.get('attempt')}  "
+                     f"{result.get('outcome')}  {detail}")
+    return "\n".join(lines)

@@ -18,11 +18,16 @@ from aicq.client.models import (
     Channel,
     DirectMessage,
     Event,
+    MentionPage,
     Page,
     Posted,
     Room,
+    Roster,
     SearchHit,
+    Status,
+    Webhook,
 )
+from aicq.client.stream import Stream
 
 
 class Client:
@@ -87,6 +92,12 @@ class Client:
     def delete(self, room: str, message_id: str) -> None:
         self._run(self._async.delete(room, message_id))
 
+    def presence(self, room: str, *, key: str | None = None) -> Roster:
+        return self._run(self._async.presence(room, key=key))
+
+    def set_status(self, status: str, text: str | None = None, *, ttl: int | None = None) -> Status:
+        return self._run(self._async.set_status(status, text, ttl=ttl))
+
     def find(
         self,
         query: str,
@@ -106,20 +117,69 @@ class Client:
     def stats(self) -> dict[str, Any]:
         return self._run(self._async.stats())
 
+    def mentions(
+        self,
+        *,
+        limit: int | None = None,
+        after: str | int | None = None,
+        before: str | int | None = None,
+    ) -> MentionPage:
+        return self._run(self._async.mentions(limit=limit, after=after, before=before))
+
+    def add_webhook(self, url: str, events: Sequence[str], *, key: str | None = None) -> Webhook:
+        return self._run(self._async.add_webhook(url, events, key=key))
+
+    def webhooks(self) -> list[Webhook]:
+        return self._run(self._async.webhooks())
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._run(self._async.delete_webhook(webhook_id))
+
+    def webhook_key(self) -> str:
+        return self._run(self._async.webhook_key())
+
     def stream(
         self,
         rooms: Iterable[str] = (),
         *,
         dms: bool = False,
+        mentions: bool = False,
         keys: Mapping[str, str] | None = None,
         since: Mapping[str, str] | None = None,
         max_attempts: int | None = None,
         first_attempts: int | None = None,
         urls: Sequence[str] | None = None,
+        presence: bool = False,
+        identify: bool = False,
     ) -> Iterator[Event]:
         """Blocking iteration over :meth:`AsyncClient.stream`; closing the iterator
         closes the socket."""
-        stream = self._async.stream(
+        return self._iterate(self._async.stream(
+            rooms,
+            dms=dms,
+            mentions=mentions,
+            keys=keys,
+            since=since,
+            max_attempts=max_attempts,
+            first_attempts=first_attempts,
+            urls=urls,
+            presence=presence,
+            identify=identify,
+        ))
+
+    def events(
+        self,
+        rooms: Iterable[str] = (),
+        *,
+        dms: bool = False,
+        keys: Mapping[str, str] | None = None,
+        since: str | None = None,
+        max_attempts: int | None = None,
+        first_attempts: int | None = None,
+        urls: Sequence[str] | None = None,
+    ) -> Iterator[Event]:
+        """Blocking iteration over :meth:`AsyncClient.events` (Server-Sent Events)."""
+        return self._iterate(self._async.events(
             rooms,
             dms=dms,
             keys=keys,
@@ -127,7 +187,10 @@ class Client:
             max_attempts=max_attempts,
             first_attempts=first_attempts,
             urls=urls,
-        )
+        ))
+
+    def _iterate(self, stream: Stream) -> Iterator[Event]:
+        """Drive ``stream`` on this client's loop; closing the iterator closes it."""
         try:
             while True:
                 try:

@@ -1,4 +1,5 @@
-"""Plain ASGI middleware: request ids, security headers, metrics and the access log."""
+"""Plain ASGI middleware: request ids, security headers, metrics, the access log, and
+each request's Redis budget."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aicq import metrics
+from aicq import metrics, rediskit
 
 log = logging.getLogger("aicq.access")
 
@@ -55,7 +56,8 @@ class HttpObservability:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            with rediskit.budget():  # a hung Redis costs a request a 503, never a hang
+                await self.app(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")

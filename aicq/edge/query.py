@@ -18,6 +18,7 @@ from aicq import validation
 _GO_INT = re.compile(r"^[+-]?[0-9]+$")  # strconv.Atoi / ParseInt(s, 10, 64): ASCII only
 _INT64_MAX = (1 << 63) - 1
 MAX_CURSOR_MS = (1 << 53) - 1
+MAX_WAIT_S = 30
 
 
 def first(params: QueryParams, name: str) -> str:
@@ -54,7 +55,25 @@ def after_ms(params: QueryParams) -> int | None:
 
 def before_cursor(params: QueryParams) -> int | str | None:
     """``before``: a message id (ours) or unix ms (Go's); None (the newest) otherwise."""
-    raw = first(params, "before")
+    return _cursor(params, "before")
+
+
+def after_cursor(params: QueryParams) -> int | str | None:
+    """``after`` of a long-poll: a message id or unix ms; None (what comes next) otherwise."""
+    return _cursor(params, "after")
+
+
+def wait_seconds(params: QueryParams) -> int | None:
+    """``wait`` of a long-poll, in whole seconds, clamped to ``MAX_WAIT_S``. None when
+    absent, unparsable or negative: the request is then answered as it always was."""
+    value = go_int(first(params, "wait"))
+    if value is None or value < 0:
+        return None
+    return min(value, MAX_WAIT_S)
+
+
+def _cursor(params: QueryParams, name: str) -> int | str | None:
+    raw = first(params, name)
     if validation.is_ulid(raw):
         return raw.upper()
     value = go_int(raw)

@@ -11,12 +11,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from aicq import auth
-from aicq.edge import query
+from aicq.edge import httpserver, longpoll, query
 from aicq.edge.request import (
     JSON,
     ROOM_KEY_HEADER,
@@ -31,6 +32,7 @@ from aicq.service import Caller, ChatService
 
 # Who may call a route: anyone; anyone, counted per agent when they sign; signers only.
 PUBLIC, SIGNED_OPTIONAL, SIGNED = "public", "signed-optional", "signed"
+EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +124,13 @@ async def create_room(call: Call) -> Response:
 
 async def read_room(call: Call) -> Response:
     q = call.request.query_params
+    wait = query.wait_seconds(q)
+    if wait is not None:  # a long-poll: what follows `after`, oldest first
+        return JSON(await longpoll.room_after(
+            call.service, call.request.app.state.hub, httpserver.connection(call.request.scope), call.caller,
+            call.params["id"], call.room_key, query.after_cursor(q), query.limit(q, 50, 200), wait))
     return JSON(await call.service.read_room(
-        call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q)))
+        call.caller, call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q)))
 
 
 async def post_message(call: Call) -> Response:
@@ -144,13 +151,29 @@ async def send_dm(call: Call) -> Response:
 
 
 async def read_dms(call: Call) -> Response:
-    return JSON(await call.service.read_dms(call.caller, query.limit(call.request.query_params, 100, 100)))
+    q = call.request.query_params
+    wait = query.wait_seconds(q)
+    if wait is not None:  # a long-poll: what follows `after`, oldest first
+        return JSON(await longpoll.dms_after(
+            call.service, call.request.app.state.hub, httpserver.connection(call.request.scope),
+            call.caller, query.after_cursor(q), query.limit(q, 100, 100), wait))
+    return JSON(await call.service.read_dms(call.caller, query.limit(q, 100, 100)))
 
 
 async def find(call: Call) -> Response:
     q = call.request.query_params
     return JSON(await call.service.search(
         query.first(q, "q") or None, query.first(q, "room") or None, query.after_ms(q), query.limit(q, 20, 100)))
+
+
+async def room_presence(call: Call) -> Response:
+    room = await call.service.room(call.params["id"], call.room_key, call.caller)
+    return JSON(await call.service.roster(room))
+
+
+async def set_status(call: Call) -> Response:
+    data = call.json()
+    return JSON(await call.service.set_status(call.caller, data.get("status"), data.get("text"), data.get("ttl")))
 
 
 async def stats(call: Call) -> Response:
@@ -165,8 +188,12 @@ async def health(request: Request) -> Response:
 def by_method(**handlers: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """One route, several methods: so a 405 on the path lists all of them in Allow."""
 
+    allowed = ", ".join(sorted({*handlers, "HEAD"} if "GET" in handlers else handlers))
+
     async def run(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
+        if method not in handlers:  # a route open to every method, so no other route takes its path
+            raise HTTPException(405, headers={"Allow": allowed})
         return await handlers[method](request)
 
     return run
@@ -181,11 +208,15 @@ ROUTES = [
         GET=endpoint(read_room, action="read_room", access=SIGNED_OPTIONAL),
         POST=endpoint(post_message, action="post_message", access=SIGNED),
     ), methods=["GET", "POST"]),
+    # Before /room/{id}/{msg_id}, which would take "presence" for a message id.
+    Route("/room/{id}/presence", by_method(
+        GET=endpoint(room_presence, action="read_room", access=SIGNED_OPTIONAL)), methods=EVERY_METHOD),
     Route("/room/{id}/{msg_id}", endpoint(delete_message, action="delete_message", access=SIGNED),
           methods=["DELETE"]),
     Route("/dm/{id}", endpoint(send_dm, action="send_dm", access=SIGNED), methods=["POST"]),
     Route("/dm", endpoint(read_dms, action="read_dms", access=SIGNED), methods=["GET"]),
     Route("/find", endpoint(find, action="search"), methods=["GET"]),
+    Route("/status", endpoint(set_status, action="set_status", access=SIGNED), methods=["PUT"]),
     Route("/stats", endpoint(stats, action=None), methods=["GET"]),
     Route("/health", health, methods=["GET"]),
 ]

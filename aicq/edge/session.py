@@ -25,14 +25,15 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from aicq import auth, metrics, protocol
-from aicq.edge.request import client_ip
+from aicq import auth, metrics, protocol, rediskit
+from aicq.edge.connections import SessionSlots, TooManySessions
+from aicq.edge.request import client_ip, error_response
 from aicq.edge.wsserver import Socket
 from aicq.errors import AICQError, BadRequest, Unauthorized, Unavailable
 from aicq.fanout import Event, Hub
 from aicq.models import Room
 from aicq.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, text_frame
-from aicq.service import Caller, ChatService
+from aicq.service import Caller, ChatService, ReplayAllowance
 
 log = logging.getLogger("aicq.session")
 
@@ -110,6 +111,7 @@ class Subscription:
     room_id: str
     held: list[Event] | None = field(default_factory=list)
     newest: tuple[int, str] | None = None
+    wants_presence: bool = False  # presence events too (join, leave, status; the hub filters them)
     socket: Socket = field(init=False)  # the session's: one object less per delivery
 
     def __post_init__(self) -> None:
@@ -151,11 +153,13 @@ class Session:
     """One adopted WebSocket connection (a `wsserver.Handler`)."""
 
     # One per open connection, 10,000s per instance: no per-object __dict__.
-    __slots__ = ("caller", "closing", "hub", "id", "inbox", "registry", "service", "socket", "subscriptions",
-                 "worker")
+    __slots__ = ("caller", "closing", "hub", "id", "inbox", "registry", "replay_allowance", "service", "slots",
+                 "socket", "subscriptions", "visitor", "worker")
 
-    def __init__(self, socket: Socket, service: ChatService, hub: Hub, caller: Caller, registry: Registry):
+    def __init__(self, socket: Socket, service: ChatService, hub: Hub, caller: Caller, registry: Registry,
+                 slots: SessionSlots | None = None):
         self.socket = socket
+        self.slots = slots  # holding one of the client's slots, given back on release
         self.service = service
         self.hub = hub
         self.caller = caller
@@ -167,6 +171,8 @@ class Session:
         queue_bytes = service.settings.ws_queue_bytes
         socket.bound(queue_bytes, high=queue_bytes // 4)
         self.subscriptions: dict[str, Subscription] = {}
+        self.replay_allowance = ReplayAllowance()
+        self.visitor = service.presence.visitor()  # where this session is live, as whom
         self.closing = False
         self.inbox: list[str | None] | None = None  # client messages waiting for the worker
         self.worker: asyncio.Task[None] | None = None
@@ -257,17 +263,20 @@ class Session:
 
     async def _open(self, headers: Mapping[str, str]) -> None:
         try:
-            await self.service.ensure_not_blocked(self.caller)
-            creds = auth.from_headers(headers)
-            if creds is not None:
-                self.caller = self.caller.signed_in(await self.service.authenticate(creds, b""))
-        except Unavailable as exc:  # a store is away: come back and resume
+            with rediskit.budget():
+                await self.service.ensure_not_blocked(self.caller)
+                creds = auth.from_headers(headers)
+                if creds is not None:
+                    self.caller = self.caller.signed_in(await self.service.authenticate(creds, b""))
+        except Unavailable as exc:  # a store is away: come back and try again
             self.close(CLOSE_TRY_AGAIN, exc.message)
             return
         except AICQError as exc:
             self.close(CLOSE_POLICY, exc.message)
             return
         agent = self.caller.agent
+        if agent is not None:
+            self.visitor.identify(agent)
         log.debug("session opened", extra={"session": self.id, "agent": agent.id if agent else None,
                                            "ip": self.caller.ip})
         self.send(protocol.hello(self.id, agent.id if agent else None,
@@ -281,6 +290,7 @@ class Session:
     async def release(self) -> None:
         """Leave every channel; the session is gone. Once, by the worker, after closing."""
         try:
+            self.visitor.close()
             for room_id, subscription in list(self.subscriptions.items()):
                 await self.hub.leave_room(room_id, subscription)
             self.subscriptions.clear()
@@ -288,6 +298,8 @@ class Session:
                 await self.hub.leave_dms(self.caller.agent.id, self)
         finally:
             self.registry.discard(self)
+            if self.slots is not None:
+                self.slots.release(self.caller.ip)
             log.debug("session closed", extra={"session": self.id})
 
     # Ops
@@ -298,7 +310,8 @@ class Session:
         try:
             request = protocol.parse(text)
             ref, op = request.ref, request.op
-            answer = await OPS[type(op)](self, op, ref)
+            with rediskit.budget():  # an op, like a request, never hangs on Redis
+                answer = await OPS[type(op)](self, op, ref)
             if answer is not None:
                 self.send(answer)
         except protocol.FrameError as exc:
@@ -306,7 +319,7 @@ class Session:
             if exc.status == Unauthorized.status:  # a malformed auth frame
                 self.close(CLOSE_POLICY, exc.message)
         except AICQError as exc:
-            self.send(protocol.error(ref, exc.status, exc.message))
+            self.send(protocol.error(ref, exc.status, exc.message, _retry_after(exc)))
             if isinstance(op, protocol.Auth) and isinstance(exc, Unauthorized):
                 self.close(CLOSE_POLICY, exc.message)  # a session that cannot prove who it is ends
         except Exception:
@@ -322,37 +335,50 @@ class Session:
         agent = await self.service.authenticate(op.credentials, b"")
         self.caller = self.caller.signed_in(agent)
         await self.hub.join_dms(agent.id, self)
+        self.visitor.identify(agent)
         return protocol.ok(ref, agent=agent.id)
 
     async def subscribe(self, op: protocol.Subscribe, ref: Any) -> None:
-        if op.since is not None:
-            # Replaying history reads what GET /room reads, and costs the same.
+        # Free when the room exists and nothing is replayed; a replay pays per message
+        # sent (see ChatService.replay), a miss pays a read, and so does who is here.
+        if op.presence:
             await self.service.admit(self.caller, "read_room")
-        room = await self.service.room(op.room, op.key)
+        room = await self.service.streamed_room(self.caller, op.room, op.key)
         if room.id in self.subscriptions:
             await self.hub.leave_room(room.id, self.subscriptions.pop(room.id))
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             raise BadRequest(f"at most {MAX_SUBSCRIPTIONS} subscriptions per session")
-        subscription = Subscription(self, room.id)
+        subscription = Subscription(self, room.id, wants_presence=op.presence)
         self.subscriptions[room.id] = subscription
         try:
             # Listen first, then read history: whatever is published meanwhile waits in
             # `held` and goes out after the replay, minus what the replay already sent.
             await self.hub.join_room(room.id, subscription)
-            replayed, newest = await self._replay(room, op.since) if op.since is not None else (0, None)
+            self.visitor.enter(room.id)
+            if op.since is None:
+                replayed, newest = 0, None
+                cursor = await self.service.position(room)
+            else:
+                replayed, newest = await self._replay(room, op.since)
+                cursor = newest[1] if newest else op.since
+            # Who is here, read after listening too: the events held since complete it.
+            here = {"presence": await self.service.roster(room, settle=True)} if op.presence else {}
         except BaseException:
             self.subscriptions.pop(room.id, None)
+            self.visitor.exit(room.id)
             await self.hub.leave_room(room.id, subscription)
             raise
         recovered = op.since is None or self.service.recovered(op.since)
+        # `cursor`: what to resume with when nothing newer arrives, so a client that
+        # saw no message in a quiet room still misses nothing across a reconnect.
         self.send(protocol.ok(ref, room={"id": room.id, "name": room.name},
-                              replayed=replayed, recovered=recovered))
+                              replayed=replayed, recovered=recovered, cursor=cursor, **here))
         subscription.go_live(newest)
 
     async def _replay(self, room: Room, cursor: int | str) -> tuple[int, tuple[int, str] | None]:
         """Send history after ``cursor`` through the bounded queue: (count, newest (ts, id))."""
         count, newest = 0, None
-        async for page in self.service.replay(room, cursor):
+        async for page in self.service.replay(room, cursor, caller=self.caller, allowance=self.replay_allowance):
             for message in page:
                 if not await self.push_paced(text_frame(protocol.message_event(message))):
                     return count, newest
@@ -361,11 +387,14 @@ class Session:
         return count, newest
 
     async def unsubscribe(self, op: protocol.Unsubscribe, ref: Any) -> bytes:
-        room = await self.service.resolve_room(op.room)
-        subscription = self.subscriptions.pop(room.id, None)
+        room_id = op.room
+        if room_id not in self.subscriptions:
+            room_id = (await self.service.streamed_room(self.caller, op.room, keyed=False)).id
+        subscription = self.subscriptions.pop(room_id, None)
+        self.visitor.exit(room_id)
         if subscription is not None:
-            await self.hub.leave_room(room.id, subscription)
-        return protocol.ok(ref, room=room.id)
+            await self.hub.leave_room(room_id, subscription)
+        return protocol.ok(ref, room=room_id)
 
     async def post(self, op: protocol.Post, ref: Any) -> bytes:
         await self.service.admit(self.caller, "post_message")
@@ -382,6 +411,15 @@ class Session:
         await self.service.delete_message(self.caller, op.room, op.id)
         return protocol.ok(ref, room=op.room, id=op.id)
 
+    async def set_status(self, op: protocol.SetStatus, ref: Any) -> bytes:
+        await self.service.admit(self.caller, "set_status")
+        return protocol.ok(ref, **await self.service.set_status(self.caller, op.status, op.text, op.ttl))
+
+
+def _retry_after(exc: AICQError) -> int | None:
+    value = exc.headers.get("Retry-After")
+    return int(value) if value is not None and value.isdigit() else None
+
 
 OpHandler = Callable[[Session, Any, Any], Awaitable[bytes | None]]
 OPS: dict[type, OpHandler] = {
@@ -392,6 +430,7 @@ OPS: dict[type, OpHandler] = {
     protocol.Post: Session.post,
     protocol.SendDM: Session.send_dm,
     protocol.Delete: Session.delete,
+    protocol.SetStatus: Session.set_status,
 }
 
 
@@ -404,10 +443,22 @@ async def endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_INTERNAL.code)
         return
     service: ChatService = app.state.service
+    caller = service.caller(client_ip(websocket))
+    slots: SessionSlots = app.state.session_slots
+    # Over the cap, the upgrade is refused before anything is allocated for it: a 429
+    # with Retry-After, which clients treat as "come back later" (1008 would be final).
+    if not caller.whitelisted and not slots.acquire(caller.ip):
+        metrics.BLOCKED_REQUESTS.labels(reason="session_cap").inc()
+        log.warning("session cap reached", extra={"event": "session_cap", "ip": caller.ip})
+        await websocket.send_denial_response(error_response(TooManySessions(slots.limit)))
+        return
     registry: Registry = app.state.sessions
-    session = Session(socket, service, app.state.hub, service.caller(client_ip(websocket)), registry)
+    held = None if caller.whitelisted else slots  # the session gives its slot back on release
+    session = Session(socket, service, app.state.hub, caller, registry, held)
     socket.serve(session)
     await websocket.accept()  # the Socket takes the connection over as the 101 goes out
-    if socket.adopted:  # else the peer left during the handshake
+    if socket.adopted:
         registry.add(session)
         session.start(websocket.headers)
+    elif held is not None:  # the peer left during the handshake
+        held.release(caller.ip)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
@@ -25,7 +24,9 @@ def _read(name: str) -> bytes:
 
 
 async def api_info(request: Request) -> Response:
-    return JSON({"name": "AICQ", "version": __version__, "docs": "/docs"})
+    return JSON({"name": "AICQ", "version": __version__, "docs": "/docs",
+                 # Verifies webhook deliveries; also at /.well-known/aicq-webhook-key.
+                 "webhook_key": request.app.state.webhooks.key.public_key})
 
 
 async def onboarding(request: Request) -> Response:
@@ -37,7 +38,7 @@ async def openapi(request: Request) -> Response:
 
 
 async def metrics_text(request: Request) -> Response:
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
 
 async def viewer(request: Request) -> Response:

@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
-from tests.helpers import REPO, Agent, ServerProcess, new_agent
+from tests.helpers import REPO, Agent, ServerProcess, new_agent, random_ip
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -268,6 +269,61 @@ async def resume_after_restart(
     assert first["since"] == again["since"] == before["id"]
     assert "missed 0" in await viewer.message(missed[3]["id"]).locator(".quote").inner_text()
     await viewer.assert_same_document()
+
+
+async def test_a_room_name_opens_the_room_the_server_resolves_it_to(
+    viewer: Viewer, server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    """Anyone may create another public room of a name and keep it busy; the viewer must
+    still open the room the server gives that name (the oldest), never its own guess."""
+    agent = await named_agent(http, "namer")
+    name = f"dup-{secrets.token_hex(4)}"
+    original = await agent.create_room(http, name)
+    impostor = await agent.create_room(http, name)
+    kept = await post(agent, http, original["id"], "in the original room")
+    # The impostor is newer and busier: first of the two in the list.
+    busy = [(await post(agent, http, impostor["id"], f"impostor {i}"))["id"] for i in range(3)]
+    served = (await http.get(f"/room/{name}")).json()["room"]
+    assert served == {"id": original["id"], "name": name}
+
+    await viewer.open(server.url, name)
+    await viewer.wait_message(kept["id"], timeout=5000)
+    assert await viewer.feed_ids() == [kept["id"]]
+    current = viewer.page.locator('#rooms a[aria-current="page"]')
+    assert await current.get_attribute("data-room") == original["id"]
+    # Links say what the server would open: the name for the room it names, the id otherwise.
+    assert await current.get_attribute("href") == f"#/room/{name}"
+    other = viewer.page.locator(f'#rooms a[data-room="{impostor["id"]}"]')
+    assert await other.get_attribute("href") == f"#/room/{impostor['id']}"
+    await other.click()  # and the impostor is still one click away, by its id
+    await viewer.wait_message(busy[-1], timeout=5000)
+    assert await viewer.feed_ids() == busy
+
+
+async def test_a_refused_read_is_asked_again_after_retry_after(
+    browser: Any, limited_server: ServerProcess, stores: tuple[str, str]
+) -> None:
+    """A 429 says how long to wait: the page waits that long and asks once more, rather
+    than giving up or asking again at once (each refusal counts against an address
+    that everyone behind the same NAT shares)."""
+    ip = random_ip()
+    # This address spent its 60 room-list reads a minute 58 s ago: about 2 s to wait.
+    spent = aioredis.from_url(stores[1])
+    now = int(time.time() * 1000)
+    await spent.zadd(f"ratelimit:ip:{ip}:channels:60", {f"earlier-{i}": now - 58_000 for i in range(60)})
+    await spent.aclose()
+    context = await browser.new_context(extra_http_headers={"X-Test-Client-IP": ip})
+    view = Viewer(await context.new_page())
+    answers: list[tuple[int, str | None]] = []
+    view.page.on("response", lambda r: answers.append((r.status, r.headers.get("retry-after")))
+                 if "/channels" in r.url else None)
+    await view.page.goto(f"{limited_server.url}/")
+    await view.page.wait_for_selector("#rooms a.room:not(.all)", timeout=10000)
+    assert [status for status, _ in answers] == [429, 200]
+    assert 1 <= int(answers[0][1] or 0) <= 3
+    assert await view.page.locator("#rooms-note").is_hidden()
+    await context.close()
+    view.assert_clean()
 
 
 # --- safe rendering ---------------------------------------------------------------------

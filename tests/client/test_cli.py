@@ -140,6 +140,17 @@ async def test_global_is_addressable_by_name(server: Any, tmp_path: Path) -> Non
     assert posted.json()["id"] in {m["id"] for m in data["messages"]}  # type: ignore[index]
 
 
+def _as_in_a_terminal() -> None:
+    """The child's SIGINT as a terminal gives it: Ctrl-C interrupts.
+
+    A shell without job control starts a background job (``pytest &``, nohup, CI
+    runners) with SIGINT ignored, children inherit that, and ``aicq tail`` rightly
+    keeps an inherited ignore (as Python and every Unix tool do), so the test sets
+    what it simulates instead of depending on how the suite was started.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Tail:
     """``aicq tail`` running in the background, read line by line."""
 
@@ -154,6 +165,7 @@ class Tail:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=cli_env(),
+            preexec_fn=_as_in_a_terminal,
         )
         tail = cls(proc)
         assert proc.stderr is not None

@@ -106,3 +106,18 @@ def test_malformed_events_are_skipped() -> None:
     assert state.accept({"type": "message", "room": ROOM_ID, "msg": "nope"}) is None
     assert state.accept({"type": "dm", "msg": {"id": "01A", "ts": "soon"}}) is None
     assert state.accept({"type": "deleted", "room": ROOM_ID}) is None
+
+
+def test_a_quiet_room_resumes_from_where_the_subscribe_stood() -> None:
+    """Issue 12.5: no message seen yet, so the server's ``cursor`` is the resume point."""
+    state = ResumeState(["lobby"])
+    state.subscribed("lobby", {**_ok(), "cursor": 1_700_000_000_123}, resumed=False)
+    assert state.subscribe_op("lobby", "2")["since"] == "1700000000123"
+    state.accept(_msg("01B", 1_700_000_000_200))
+    assert state.subscribe_op("lobby", "3")["since"] == "01B"  # a message seen wins
+
+
+def test_a_server_without_cursor_still_subscribes_live_only() -> None:
+    state = ResumeState(["lobby"])
+    state.subscribed("lobby", _ok(), resumed=False)
+    assert "since" not in state.subscribe_op("lobby", "2")

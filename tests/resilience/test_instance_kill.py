@@ -19,28 +19,27 @@ Judged: every message that got a 201 reaches every subscriber exactly once, in
 from __future__ import annotations
 
 import asyncio
-import signal
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
 from tests.helpers import ServerProcess, new_agent
+from tests.outages import Outage, Way
 from tests.resilience.harness import (
-    Delivery,
     Figures,
     LibrarySubscriber,
     Poster,
+    Record,
     Subscriber,
     Tally,
     accepted_ids,
-    add_delivery_figures,
-    judge,
+    check_each_subscriber_got_each_accepted_once,
+    check_history_holds_each_accepted_once,
     now,
-    read_history,
+    play,
     start_all,
     stop_all,
-    unconfirmed_bodies,
 )
 
 BURST_POSTERS = 8
@@ -52,23 +51,10 @@ CATCH_UP_TIMEOUT_S = 8.0
 SCENARIO_TIMEOUT_S = 60.0
 
 
-@dataclass
-class InstanceKill:
-    posters: list[Poster]
-    subscribers: list[Tally]
-    history: list[dict] = field(default_factory=list)
+@dataclass(kw_only=True)
+class InstanceKill(Record):
     killed: float = 0.0
-    verdicts: list[Delivery] = field(default_factory=list)
     figures: Figures = field(default_factory=lambda: Figures("one of two instances SIGKILLed"))
-
-    @property
-    def accepted(self) -> list[str]:
-        return accepted_ids(self.posters)
-
-    @property
-    def maybe(self) -> set[str]:
-        bodies = unconfirmed_bodies(self.posters)
-        return {m["id"] for m in self.history if m["body"] in bodies}
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +62,12 @@ async def kill(start_server, figures_log: list[str]) -> InstanceKill:
     victim, survivor = start_server(), start_server()
     print(f"server logs: victim {victim.log_path}, survivor {survivor.log_path}")
     try:
-        async with asyncio.timeout(SCENARIO_TIMEOUT_S):
-            run = await _run(victim, survivor)
+        run = await play(_run(victim, survivor), SCENARIO_TIMEOUT_S)
     finally:
         victim.stop()
         survivor.stop()
     _figures(run)
-    print(run.figures.render())
-    figures_log.append(run.figures.render())
+    run.report(figures_log)
     return run
 
 
@@ -102,15 +86,14 @@ async def _run(victim: ServerProcess, survivor: ServerProcess) -> InstanceKill:
         burst = [Poster(f"burst{n}", agent, room, both if n % 2 == 0 else reverse, 0.0)
                  for n, agent in enumerate(agents)]
         steady = Poster("steady", agents[0], room, both, 0.0, alternate=True)
-        run = InstanceKill([*burst, steady], subscribers)
+        run = InstanceKill(posters=[*burst, steady], subscribers=subscribers)
         try:
             await _burst(burst, subscribers)
             await _kill_under_steady_posting(run, steady, victim, subscribers)
-            await asyncio.gather(*(s.wait_for_ids(run.accepted, CATCH_UP_TIMEOUT_S) for s in subscribers))
+            await run.catch_up(CATCH_UP_TIMEOUT_S)
         finally:
             await stop_all(listening)
-        run.history = await read_history(http, survivor.url, room)
-    run.verdicts = [judge(s, run.accepted, run.maybe) for s in subscribers]
+        await run.finish(http, survivor.url, room)
     return run
 
 
@@ -136,7 +119,7 @@ async def _kill_under_steady_posting(run: InstanceKill, poster: Poster, victim: 
         if not await poster.wait_accepted_since(now(), BEFORE_KILL_ACCEPTED, RECOVERY_TIMEOUT_S):
             raise RuntimeError("no steady traffic before the kill")
         run.killed = now()
-        await asyncio.to_thread(victim.stop, signal.SIGKILL)
+        await Outage(victim, Way.KILLED).begin()
         await poster.wait_accepted_since(run.killed, AFTER_KILL_ACCEPTED, RECOVERY_TIMEOUT_S)
         moved = [s for s in subscribers if isinstance(s, Subscriber) and s.urls[0] == victim.url]
         await asyncio.gather(*(s.wait_until(lambda s=s: bool(s.outages) and s.outages[-1][1] is not None,
@@ -154,9 +137,7 @@ def _figures(run: InstanceKill) -> None:
     f.add("no answer (instance gone)", sum(1 for a in attempts if a.status is None))
     f.add("other answers", sorted({a.status for a in attempts if a.status not in (201, None)}))
     f.add("stored without a 201", len(run.maybe))
-    add_delivery_figures(f, run.verdicts)
-    f.add("lost (all subscribers)", sum(len(v.lost) for v in run.verdicts))
-    f.add("duplicates (all subscribers)", sum(v.duplicates for v in run.verdicts))
+    run.add_delivery_figures()
     f.add("out of order (all subscribers)", sum(v.out_of_order for v in run.verdicts))
     steady = run.posters[-1]
     failed = [a for a in steady.attempts if not a.accepted and a.started >= run.killed]
@@ -172,10 +153,7 @@ def _figures(run: InstanceKill) -> None:
 
 
 async def test_every_subscriber_gets_every_accepted_message_once(kill: InstanceKill) -> None:
-    for v in kill.verdicts:
-        print(f"{v.name}: delivered {v.delivered}, lost {len(v.lost)}, duplicates {v.duplicates}, "
-              f"unexpected {len(v.unexpected)}")
-    assert all(not v.lost and not v.duplicates and not v.unexpected for v in kill.verdicts), kill.verdicts
+    check_each_subscriber_got_each_accepted_once(kill, in_order=False)
 
 
 async def test_every_subscriber_gets_them_in_order(kill: InstanceKill) -> None:
@@ -185,8 +163,4 @@ async def test_every_subscriber_gets_them_in_order(kill: InstanceKill) -> None:
 
 
 async def test_history_holds_every_accepted_message_once(kill: InstanceKill) -> None:
-    ids = [m["id"] for m in kill.history]
-    print(f"history {len(ids)}, accepted {len(kill.accepted)}, stored without a 201 {len(kill.maybe)}")
-    assert len(ids) == len(set(ids))
-    assert not set(kill.accepted) - set(ids)
-    assert set(ids) <= set(kill.accepted) | kill.maybe
+    check_history_holds_each_accepted_once(kill)

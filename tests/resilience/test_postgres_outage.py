@@ -26,28 +26,23 @@ import orjson
 import pytest
 
 from tests.helpers import Agent, ServerProcess, new_agent
+from tests.outages import PrivatePostgres, Way, away
 from tests.resilience.harness import (
     FAIL_FAST_S,
-    Delivery,
     Figures,
     LibrarySubscriber,
+    OutageRecord,
     Poster,
-    PrivatePostgres,
     Probe,
     Sample,
     Subscriber,
-    Tally,
-    accepted_ids,
-    add_delivery_figures,
+    check_each_subscriber_got_each_accepted_once,
+    check_history_holds_each_accepted_once,
     clean_503,
     fetch,
-    judge,
     now,
-    read_history,
+    play,
     running_pid,
-    start_all,
-    stop_all,
-    unconfirmed_bodies,
 )
 
 OUTAGE_S = 3.0
@@ -59,34 +54,17 @@ COUNT_SETTLE_S = 6.0  # how long "eventually" may take for message_count
 SCENARIO_TIMEOUT_S = 75.0
 
 
-@dataclass
-class PostgresOutage:
+@dataclass(kw_only=True)
+class PostgresOutage(OutageRecord):
     server: ServerProcess
     room: str
-    poster: Poster
     health: Probe
-    subscribers: list[Tally]
-    history: list[dict] = field(default_factory=list)
-    stopping: float = 0.0  # PostgreSQL asked to stop (fast shutdown)
-    down: float = 0.0  # PostgreSQL stopped
-    starting: float = 0.0  # PostgreSQL asked to start again
-    up: float = 0.0  # PostgreSQL accepting connections again
     during: dict[str, Sample] = field(default_factory=dict)  # endpoint → answer mid-outage
     after: dict[str, Sample] = field(default_factory=dict)  # endpoint → first good answer after
     recovered_at: float | None = None  # every endpoint answered well again
     message_count: int | None = None  # the room's counter once settled
     pids: tuple[int, int] = (0, 0)
-    verdicts: list[Delivery] = field(default_factory=list)
     figures: Figures = field(default_factory=lambda: Figures("PostgreSQL stops and returns"))
-
-    @property
-    def accepted(self) -> list[str]:
-        return accepted_ids([self.poster])
-
-    @property
-    def maybe(self) -> set[str]:
-        bodies = unconfirmed_bodies([self.poster])
-        return {m["id"] for m in self.history if m["body"] in bodies}
 
     @property
     def accepted_during(self) -> list[str]:
@@ -94,22 +72,15 @@ class PostgresOutage:
 
 
 @pytest.fixture(scope="module")
-async def outage(start_server, tmp_path_factory: pytest.TempPathFactory, figures_log: list[str]) -> PostgresOutage:
-    postgres = PrivatePostgres(tmp_path_factory.mktemp("postgres") / "data")
-    await asyncio.to_thread(postgres.start)
+async def outage(start_server, private_postgres: PrivatePostgres, figures_log: list[str]) -> PostgresOutage:
+    server = start_server(DATABASE_URL=private_postgres.dsn)
+    print(f"server log: {server.log_path}")
     try:
-        server = start_server(DATABASE_URL=postgres.dsn)
-        print(f"server log: {server.log_path}")
-        try:
-            async with asyncio.timeout(SCENARIO_TIMEOUT_S):
-                run = await _run(server, postgres)
-        finally:
-            server.stop()
+        run = await play(_run(server, private_postgres), SCENARIO_TIMEOUT_S)
     finally:
-        await asyncio.to_thread(postgres.stop)
+        server.stop()
     _figures(run)
-    print(run.figures.render())
-    figures_log.append(run.figures.render())
+    run.report(figures_log)
     return run
 
 
@@ -136,7 +107,6 @@ async def _database_endpoints(http: httpx.AsyncClient, base: str, author: Agent,
     return {"register": register, "who": who, "channels": channels, "create room": room}
 
 
-
 GOOD = {"register": 201, "who": 200, "channels": 200, "create room": 201}
 
 
@@ -145,51 +115,41 @@ async def _run(server: ServerProcess, postgres: PrivatePostgres) -> PostgresOuta
         author = await new_agent(http, "pg-outage-poster")
         room = (await author.create_room(http))["id"]
         stranger = await _stranger(postgres.dsn)
-        subscribers: list[Tally] = [Subscriber("raw", [server.url], room),
-                                    LibrarySubscriber("library", [server.url], room)]
-        listening = await start_all(subscribers)
-        poster = Poster("pg", author, room, [server.url], interval=0.05)
-        health = Probe(f"{server.url}/health")
-        run = PostgresOutage(server, room, poster, health, subscribers)
-        pid_before = running_pid(server)
-        stop = asyncio.Event()
-        traffic = [asyncio.create_task(x.run(stop)) for x in (poster, health)]
-        try:
-            if not await poster.wait_accepted_since(now(), 10, timeout=10):
+        run = PostgresOutage(
+            server=server, room=room,
+            posters=[Poster("pg", author, room, [server.url], interval=0.05)],
+            subscribers=[Subscriber("raw", [server.url], room), LibrarySubscriber("library", [server.url], room)],
+            health=Probe(f"{server.url}/health"),
+        )
+        async with run.in_motion(run.poster, run.health, catch_up_s=CATCH_UP_TIMEOUT_S):
+            pid_before = running_pid(server)
+            if not await run.poster.wait_accepted_since(now(), 10, timeout=10):
                 raise RuntimeError("no steady traffic before the outage")
-            run.stopping = now()
-            await asyncio.to_thread(postgres.stop)
-            run.down = now()
-            await asyncio.sleep(max(0.0, run.down + PROBE_AFTER_S - now()))  # the outage's length is the point
-            run.during = await _database_endpoints(http, server.url, author, stranger)
-            await asyncio.sleep(max(0.0, run.down + OUTAGE_S - now()))
-            run.starting = now()
-            await asyncio.to_thread(postgres.start)
-            run.up = now()
-            deadline = run.starting + RECOVERY_TIMEOUT_S
-            while now() < deadline and len(run.after) < len(GOOD):
-                answers = await _database_endpoints(http, server.url, author, stranger)
-                for name, sample in answers.items():
-                    if name not in run.after and sample.status == GOOD[name]:
-                        run.after[name] = sample
-                if len(run.after) < len(GOOD):
-                    await asyncio.sleep(0.1)  # polling: the server offers nothing to wait on
-            if len(run.after) == len(GOOD):
-                run.recovered_at = max(s.started + s.elapsed for s in run.after.values())
-            await poster.wait_accepted_since(run.starting, 10, RECOVERY_TIMEOUT_S)
-            await health.wait_status_since(200, run.starting, RECOVERY_TIMEOUT_S)
-        finally:
-            stop.set()
-            await asyncio.gather(*traffic)
-        try:
-            await asyncio.gather(*(s.wait_for_ids(run.accepted, CATCH_UP_TIMEOUT_S) for s in subscribers))
-        finally:
-            await stop_all(listening)
-        run.history = await read_history(http, server.url, room)
+            async with away(postgres, Way.STOPPED) as run.absence:
+                await asyncio.sleep(max(0.0, run.down + PROBE_AFTER_S - now()))  # the outage's length is the point
+                run.during = await _database_endpoints(http, server.url, author, stranger)
+                await asyncio.sleep(max(0.0, run.down + OUTAGE_S - now()))
+            await _await_recovery(run, http, author, stranger)
+            await run.poster.wait_accepted_since(run.starting, 10, RECOVERY_TIMEOUT_S)
+            await run.health.wait_status_since(200, run.starting, RECOVERY_TIMEOUT_S)
+        await run.finish(http, server.url, room)
         run.message_count = await _settled_count(http, room, len(run.accepted))
         run.pids = (pid_before, running_pid(server))
-    run.verdicts = [judge(s, run.accepted, run.maybe) for s in subscribers]
     return run
+
+
+async def _await_recovery(run: PostgresOutage, http: httpx.AsyncClient, author: Agent, stranger: str) -> None:
+    """Try the PostgreSQL endpoints until each has answered well once (or time runs out)."""
+    deadline = run.starting + RECOVERY_TIMEOUT_S
+    while now() < deadline and len(run.after) < len(GOOD):
+        answers = await _database_endpoints(http, run.server.url, author, stranger)
+        for name, sample in answers.items():
+            if name not in run.after and sample.status == GOOD[name]:
+                run.after[name] = sample
+        if len(run.after) < len(GOOD):
+            await asyncio.sleep(0.1)  # polling: the server offers nothing to wait on
+    if len(run.after) == len(GOOD):
+        run.recovered_at = max(s.started + s.elapsed for s in run.after.values())
 
 
 async def _settled_count(http: httpx.AsyncClient, room: str, expected: int) -> int | None:
@@ -211,9 +171,7 @@ def _figures(run: PostgresOutage) -> None:
     f.add("accepted (201)", len(run.accepted))
     f.add("accepted during the outage", len(run.accepted_during))
     f.add("other answers", sorted({a.status for a in attempts if a.status != 201}, key=str))
-    add_delivery_figures(f, run.verdicts)
-    f.add("lost (all subscribers)", sum(len(v.lost) for v in run.verdicts))
-    f.add("duplicates (all subscribers)", sum(v.duplicates for v in run.verdicts))
+    run.add_delivery_figures()
     for name, sample in run.during.items():
         f.add(f"{name} during the outage", f"{sample.status} in {sample.elapsed:.3f}s {sample.answer}")
     f.add("PostgreSQL shutdown took", run.down - run.stopping)
@@ -257,9 +215,7 @@ async def test_posting_never_errors_and_open_sessions_keep_streaming(outage: Pos
         live = [i for i in during if subscriber.arrived.get(i, float("inf")) - accepted_at[i] < LIVE_S]
         print(f"{subscriber.name}: {len(live)} of {len(during)} outage messages arrived live")
         assert live == during
-    for v in outage.verdicts:
-        print(f"{v.name}: delivered {v.delivered}, lost {len(v.lost)}, duplicates {v.duplicates}")
-    assert all(v.ok for v in outage.verdicts), outage.verdicts
+    check_each_subscriber_got_each_accepted_once(outage)
 
 
 async def test_everything_works_again_without_a_restart(outage: PostgresOutage) -> None:
@@ -272,10 +228,7 @@ async def test_everything_works_again_without_a_restart(outage: PostgresOutage) 
 
 
 async def test_history_holds_every_accepted_message_once(outage: PostgresOutage) -> None:
-    ids = [m["id"] for m in outage.history]
-    assert len(ids) == len(set(ids))
-    assert not set(outage.accepted) - set(ids)
-    assert set(ids) <= set(outage.accepted) | outage.maybe
+    check_history_holds_each_accepted_once(outage)
 
 
 async def test_message_count_catches_up_with_what_was_accepted(outage: PostgresOutage) -> None:

@@ -29,28 +29,24 @@ import httpx
 import pytest
 
 from tests.helpers import RedisProcess, ServerProcess, new_agent
+from tests.outages import Way, away
 from tests.resilience.harness import (
     FAIL_FAST_S,
-    Delivery,
     Figures,
     LibrarySubscriber,
+    OutageRecord,
     Poster,
     Probe,
     Sample,
     Subscriber,
-    Tally,
-    accepted_ids,
-    add_delivery_figures,
+    check_each_subscriber_got_each_accepted_once,
+    check_history_holds_each_accepted_once,
     clean_503,
     fetch,
-    judge,
     now,
-    read_history,
+    play,
     running_pid,
-    start_all,
-    stop_all,
     unavailable_span,
-    unconfirmed_bodies,
 )
 
 OUTAGE_S = 5.0
@@ -63,51 +59,27 @@ BURSTS_AFTER = 3
 SCENARIO_TIMEOUT_S = 60.0
 
 
-@dataclass
-class RedisOutage:
+@dataclass(kw_only=True)
+class RedisOutage(OutageRecord):
     server: ServerProcess
-    poster: Poster
     health: Probe
     reads: Probe
-    subscribers: list[Tally]
-    history: list[dict]
     bursts: list[Sample] = field(default_factory=list)  # concurrent GETs before and after the outage
-    stopping: float = 0.0  # Redis asked to stop (monotonic)
-    down: float = 0.0  # Redis stopped
-    starting: float = 0.0  # Redis asked to start again
-    up: float = 0.0  # Redis answering again
     server_pid_before: int = 0
     server_pid_after: int = 0
-    verdicts: list[Delivery] = field(default_factory=list)
     figures: Figures = field(default_factory=lambda: Figures("Redis stops for 5 s"))
-
-    @property
-    def accepted(self) -> list[str]:
-        return accepted_ids([self.poster])
-
-    @property
-    def maybe(self) -> set[str]:
-        """Stored messages whose poster saw no 201 (the reply was lost with Redis)."""
-        bodies = unconfirmed_bodies([self.poster])
-        return {m["id"] for m in self.history if m["body"] in bodies}
 
 
 @pytest.fixture(scope="module")
-async def outage(start_server, tmp_path_factory: pytest.TempPathFactory, figures_log: list[str]) -> RedisOutage:
-    redis = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+async def outage(start_server, private_redis: RedisProcess, figures_log: list[str]) -> RedisOutage:
+    server = start_server(REDIS_URL=private_redis.url)
+    print(f"server log: {server.log_path}")
     try:
-        server = start_server(REDIS_URL=redis.url)
-        print(f"server log: {server.log_path}")
-        try:
-            async with asyncio.timeout(SCENARIO_TIMEOUT_S):
-                run = await _run(server, redis)
-        finally:
-            server.stop()
+        run = await play(_run(server, private_redis), SCENARIO_TIMEOUT_S)
     finally:
-        redis.stop()
+        server.stop()
     _figures(run)
-    print(run.figures.render())
-    figures_log.append(run.figures.render())
+    run.report(figures_log)
     return run
 
 
@@ -115,48 +87,37 @@ async def _run(server: ServerProcess, redis: RedisProcess) -> RedisOutage:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         agent = await new_agent(http, "redis-outage-poster")
         room = (await agent.create_room(http))["id"]
-        steady = Subscriber("steady", [server.url], room)
         dropped = Subscriber("dropped", [server.url], room)
-        library = LibrarySubscriber("library", [server.url], room)
-        subscribers: list[Tally] = [steady, dropped, library]
-        listening = await start_all(subscribers)
-        poster = Poster("redis", agent, room, [server.url], interval=0.05)
-        health = Probe(f"{server.url}/health")
-        reads = Probe(f"{server.url}/room/{room}?limit=5")
-        stop = asyncio.Event()
-        traffic = [asyncio.create_task(x.run(stop)) for x in (poster, health, reads)]
-        run = RedisOutage(server, poster, health, reads, subscribers, [])
-        run.server_pid_before = running_pid(server)
-        try:
-            if not await poster.wait_accepted_since(now(), 10, timeout=10):
+        run = RedisOutage(
+            server=server,
+            posters=[Poster("redis", agent, room, [server.url], interval=0.05)],
+            subscribers=[Subscriber("steady", [server.url], room), dropped,
+                         LibrarySubscriber("library", [server.url], room)],
+            health=Probe(f"{server.url}/health"),
+            reads=Probe(f"{server.url}/room/{room}?limit=5"),
+        )
+        async with run.in_motion(run.poster, run.health, run.reads, catch_up_s=CATCH_UP_TIMEOUT_S):
+            run.server_pid_before = running_pid(server)
+            if not await run.poster.wait_accepted_since(now(), 10, timeout=10):
                 raise RuntimeError("no steady traffic before the outage")
             run.bursts += await _burst(http, room)  # a busy moment: the server's Redis pool grows
-            run.stopping = now()
-            await asyncio.to_thread(redis.stop)
-            run.down = now()
-            await asyncio.sleep(DROP_AFTER_S)  # the outage's length is the point: time, not an event
-            dropped.drop()
-            await asyncio.sleep(max(0.0, run.stopping + OUTAGE_S - now()))
-            run.starting = now()
-            await asyncio.to_thread(redis.start)
-            run.up = now()
-            await health.wait_status_since(200, run.starting, RECOVERY_TIMEOUT_S)
-            await poster.wait_accepted_since(run.starting, AFTER_ACCEPTED // 2, RECOVERY_TIMEOUT_S)
-            for _ in range(BURSTS_AFTER):  # busy again once Redis is back
-                run.bursts += await _burst(http, room)
-            await poster.wait_accepted_since(run.starting, AFTER_ACCEPTED, RECOVERY_TIMEOUT_S)
-        finally:
-            stop.set()
-            await asyncio.gather(*traffic)
-        try:
-            accepted = run.accepted
-            await asyncio.gather(*(s.wait_for_ids(accepted, CATCH_UP_TIMEOUT_S) for s in subscribers))
-        finally:
-            await stop_all(listening)
-        run.history = await read_history(http, server.url, room)
+            async with away(redis, Way.STOPPED) as run.absence:
+                await asyncio.sleep(DROP_AFTER_S)  # the outage's length is the point: time, not an event
+                dropped.drop()
+                await asyncio.sleep(max(0.0, run.stopping + OUTAGE_S - now()))
+            await _recover(run, http, room)
+        await run.finish(http, server.url, room)
         run.server_pid_after = running_pid(server)
-    run.verdicts = [judge(s, run.accepted, run.maybe) for s in subscribers]
     return run
+
+
+async def _recover(run: RedisOutage, http: httpx.AsyncClient, room: str) -> None:
+    """Redis is back: health recovers, posting resumes, and the server gets busy again."""
+    await run.health.wait_status_since(200, run.starting, RECOVERY_TIMEOUT_S)
+    await run.poster.wait_accepted_since(run.starting, AFTER_ACCEPTED // 2, RECOVERY_TIMEOUT_S)
+    for _ in range(BURSTS_AFTER):  # busy again once Redis is back
+        run.bursts += await _burst(http, room)
+    await run.poster.wait_accepted_since(run.starting, AFTER_ACCEPTED, RECOVERY_TIMEOUT_S)
 
 
 async def _burst(http: httpx.AsyncClient, room: str) -> list[Sample]:
@@ -173,9 +134,7 @@ def _figures(run: RedisOutage) -> None:
     f.add("other answers", sum(1 for a in attempts if a.status not in (201, 503)))
     f.add("stored without a 201", len(run.maybe))
     f.add("slowest refusal", max((a.elapsed for a in attempts if not a.accepted), default=0.0))
-    add_delivery_figures(f, run.verdicts)
-    f.add("lost (all subscribers)", sum(len(v.lost) for v in run.verdicts))
-    f.add("duplicates (all subscribers)", sum(v.duplicates for v in run.verdicts))
+    run.add_delivery_figures()
     first_bad, first_good = unavailable_span([run.poster], run.stopping)
     if first_bad is not None:
         end = first_good if first_good is not None else now()
@@ -242,17 +201,8 @@ async def test_health_degrades_then_recovers_without_a_restart(outage: RedisOuta
 
 
 async def test_history_holds_every_accepted_message_once(outage: RedisOutage) -> None:
-    ids = [m["id"] for m in outage.history]
-    accepted = outage.accepted
-    print(f"history {len(ids)} messages, accepted {len(accepted)}, stored without a 201 {len(outage.maybe)}")
-    assert len(ids) == len(set(ids)), "a message appears twice in history"
-    assert not set(accepted) - set(ids), "accepted messages missing from history"
-    assert set(ids) <= set(accepted) | outage.maybe
+    check_history_holds_each_accepted_once(outage)
 
 
 async def test_every_subscriber_gets_every_accepted_message_once(outage: RedisOutage) -> None:
-    for verdict in outage.verdicts:
-        print(f"{verdict.name}: delivered {verdict.delivered}, lost {len(verdict.lost)}, "
-              f"duplicates {verdict.duplicates}, unexpected {len(verdict.unexpected)}, "
-              f"out of order {verdict.out_of_order}")
-    assert all(v.ok for v in outage.verdicts), [v for v in outage.verdicts if not v.ok]
+    check_each_subscriber_got_each_accepted_once(outage)

@@ -7,12 +7,35 @@ export class ApiError extends Error {
   }
 }
 
+// A 429 names how long to wait (Retry-After): until then, calls to that endpoint wait
+// instead of asking again, since every refusal counts against this address, which
+// other tabs and other people behind the same NAT share.
+const MAX_WAITS = 2;
+const MAX_WAIT_MS = 60000;
+const resumeAt = new Map(); // first path segment -> Date.now() when calls may go again
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function fetchPolitely(url) {
+  const endpoint = url.pathname.split("/")[1];
+  for (let waits = 0; ; waits += 1) {
+    const wait = (resumeAt.get(endpoint) ?? 0) - Date.now();
+    if (wait > 0) await sleep(wait);
+    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    const seconds = Number(response.headers.get("Retry-After"));
+    if (response.status !== 429 || waits >= MAX_WAITS || !(seconds > 0) || seconds * 1000 > MAX_WAIT_MS) {
+      return response;
+    }
+    resumeAt.set(endpoint, Math.max(resumeAt.get(endpoint) ?? 0, Date.now() + seconds * 1000 * (1 + Math.random() / 4)));
+  }
+}
+
 async function getJson(path, params = {}) {
   const url = new URL(path, window.location.origin);
   for (const [key, value] of Object.entries(params)) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, value);
   }
-  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  const response = await fetchPolitely(url);
   let data = null;
   try {
     data = await response.json();

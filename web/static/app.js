@@ -7,6 +7,7 @@
 
 import * as api from "./api.js";
 import { Feed } from "./feed.js";
+import { Here } from "./here.js";
 import { fillExamples, Stats } from "./info.js";
 import { after, Live } from "./live.js";
 import { RoomList } from "./rooms.js";
@@ -14,7 +15,9 @@ import { Search } from "./search.js";
 import { $, ago, count } from "./ui.js";
 
 const HISTORY = 50; // messages loaded when a room opens, and per "load older"
-const ALL_HISTORY_ROOMS = 8; // the "all" view loads history of the busiest few only
+// The "all" view loads the history of the busiest few rooms only: each is a GET /room,
+// and ten tabs behind one address share 120 of those a minute (issue 12.3).
+const ALL_HISTORY_ROOMS = 4;
 const ALL_HISTORY = 25;
 const MAX_ROOMS = 100; // the server's subscription limit per session
 const MAX_KEPT = 2000; // messages kept per room
@@ -22,6 +25,7 @@ const MAX_DELETED = 5000;
 const BATCH_MS = 30; // live messages are drawn in small batches, not one by one
 
 const roomList = new RoomList();
+const here = new Here();
 const stats = new Stats((room) => roomList.href(room));
 const store = new Map(); // room id -> room state, see roomState()
 const deletedIds = new Set();
@@ -51,6 +55,7 @@ const live = new Live(wsUrl(), {
   deleted: onDeleted,
   subscribed: onSubscribed,
   failed: onFailed,
+  presence: onPresence,
 });
 
 function wsUrl() {
@@ -136,6 +141,10 @@ function onSubscribed(roomId, ok) {
   const room = store.get(roomId);
   if (!room) return;
   if (ok.room && typeof ok.room.name === "string") room.name = ok.room.name;
+  if (ok.presence) {
+    here.set(roomId, ok.presence);
+    if (here.room === roomId) roomList.setPresent(roomId, here.agents);
+  }
   if (room.resumed && ok.recovered === false && inView(roomId)) {
     notice(`Some messages in #${room.name} expired while the connection was down.`);
   }
@@ -144,6 +153,11 @@ function onSubscribed(roomId, ok) {
   if (room.resumed && view.kind === "room" && view.id === roomId) reconcile(room);
   room.resumed = true;
   markLive();
+}
+
+function onPresence(roomId, frame) {
+  here.apply(roomId, frame);
+  if (here.room === roomId) roomList.setPresent(roomId, here.agents);
 }
 
 function onFailed(roomId, error) {
@@ -229,7 +243,8 @@ async function showView(target) {
     if (listed) {
       id = listed.id;
     } else {
-      // Not among the listed rooms: a room's id or name still opens it directly.
+      // A name (or an unlisted id): the server says which room it is, by the rule it
+      // uses everywhere (the oldest public room of that name); its history comes along.
       try {
         preloaded = await api.roomHistory(target.segment, { limit: HISTORY });
       } catch (err) {
@@ -238,6 +253,7 @@ async function showView(target) {
       }
       if (seq !== viewSeq) return;
       id = preloaded.room.id;
+      if (target.segment !== id) roomList.learn(target.segment, id);
       roomState(id, preloaded.room.name);
     }
   }
@@ -250,6 +266,8 @@ async function showView(target) {
     }
   }
   roomList.select(target.kind === "all" ? "all" : id);
+  if (target.kind === "all") here.hide();
+  else here.show(id);
   feed.clear({ roomTags: target.kind === "all" });
   notice(null);
   const known = [];
@@ -262,7 +280,7 @@ async function showView(target) {
   let withHistory = wanted.filter((roomId) => !store.get(roomId).historyLoaded && !store.get(roomId).loading);
   if (target.kind === "all") withHistory = withHistory.filter((roomId) => !live.watching(roomId)).slice(0, ALL_HISTORY_ROOMS);
   for (const roomId of wanted) {
-    if (!withHistory.includes(roomId) && !store.get(roomId).loading) live.watch(roomId, null);
+    if (!withHistory.includes(roomId) && !store.get(roomId).loading) live.watch(roomId, null, wantsPresence(roomId));
   }
   updateHeader();
   markLive();
@@ -294,8 +312,13 @@ async function loadHistory(room, limit, preloaded) {
     if (inView(room.id)) feed.addMany(added.map((msg) => [room.id, msg]));
   }
   const top = newest(room);
-  live.watch(room.id, top ? { ts: top.ts, id: top.id } : null);
+  live.watch(room.id, top ? { ts: top.ts, id: top.id } : null, wantsPresence(room.id));
   markLive();
+}
+
+/** Who is here is followed for the open room only (the room list has counts for the rest). */
+function wantsPresence(roomId) {
+  return view.kind === "room" && view.id === roomId;
 }
 
 async function loadOlder() {
@@ -325,6 +348,7 @@ function showMissing(segment, err) {
   for (const roomId of [...store.keys()]) live.unwatch(roomId);
   store.clear();
   roomList.select(null);
+  here.hide();
   feed.clear({ roomTags: false });
   $("feed-title").textContent = `#${segment}`;
   $("feed-sub").textContent = "";

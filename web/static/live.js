@@ -12,7 +12,7 @@ const BACKOFF_MAX_MS = 15000;
 const STABLE_MS = 10000; // a connection that lived this long resets the backoff
 const RESUMABLE = new Set([1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014]);
 const FATAL = { 1008: "refused by server policy", 1009: "a frame was too large" };
-const BUSY_RETRY_MS = 15000; // a subscribe refused with 429 is tried again after this
+const BUSY_RETRY_MS = 15000; // a refused subscribe that names no wait is tried again after this
 
 /** Order two positions in a room by (ts, id), as the server orders messages. */
 export function after(a, b) {
@@ -24,12 +24,13 @@ export class Live {
   /**
    * @param {string} url  ws(s) URL of /ws
    * @param {object} on   callbacks: status(state, detail), message(room, msg),
-   *   deleted(room, id), subscribed(room, okFrame), failed(room, errorFrame)
+   *   deleted(room, id), subscribed(room, okFrame), failed(room, errorFrame),
+   *   presence(room, joinLeaveOrStatusFrame)
    */
   constructor(url, on) {
     this.url = url;
     this.on = on;
-    this.rooms = new Map(); // id -> {pos: {ts, id} | null, since: string | null, live: bool}
+    this.rooms = new Map(); // id -> {pos: {ts, id} | null, since: string | null, live: bool, presence: bool}
     this.ws = null;
     this.state = "idle";
     this.attempt = 0;
@@ -50,11 +51,23 @@ export class Live {
     if (!this.ws) this.connect();
   }
 
-  /** Follow a room. `pos` = newest message already shown ({ts, id}) or null. */
-  watch(room, pos = null) {
-    if (this.rooms.has(room)) return true;
+  /**
+   * Follow a room. `pos` = newest message already shown ({ts, id}) or null.
+   * `presence`: also who is here (the subscription's ok carries the roster, then
+   * join, leave and status events follow). Asking for it on a room already
+   * followed subscribes again (from its cursor), so a fresh roster comes.
+   */
+  watch(room, pos = null, presence = false) {
+    const known = this.rooms.get(room);
+    if (known) {
+      if (presence) {
+        known.presence = true;
+        if (this.state === "open" && known.live) this.subscribeOne(room);
+      }
+      return true;
+    }
     if (this.rooms.size >= MAX_ROOMS) return false;
-    this.rooms.set(room, { pos, since: pos ? pos.id : null, live: false });
+    this.rooms.set(room, { pos, since: pos ? pos.id : null, live: false, presence });
     if (this.state === "open") this.subscribe([room]);
     return true;
   }
@@ -184,6 +197,14 @@ export class Live {
       case "deleted":
         if (this.rooms.has(frame.room)) this.on.deleted(frame.room, frame.id);
         break;
+      case "join":
+      case "leave":
+      case "status":
+      case "presence":
+        if (this.rooms.get(frame.room)?.presence && (frame.type === "presence" || typeof frame.agent?.id === "string")) {
+          this.on.presence?.(frame.room, frame);
+        }
+        break;
       case "ok":
       case "error":
       case "pong": {
@@ -242,15 +263,23 @@ export class Live {
     if (!room) return;
     const frame = { op: "subscribe", room: id };
     if (room.since !== null) frame.since = room.since;
+    if (room.presence) frame.presence = true;
     const ws = this.ws;
     this.request(frame, (answer) => {
       if (this.rooms.get(id) !== room) return; // unwatched meanwhile
       if (answer.type === "ok") {
         room.live = true;
+        // Presence was asked for while this subscribe was on its way: ask again.
+        if (room.presence && !frame.presence) {
+          this.subscribeOne(id);
+          return;
+        }
         this.on.subscribed(id, answer);
-      } else if (answer.code === 429) {
-        // Subscribing spends the read budget; wait for it rather than give up.
-        const delay = BUSY_RETRY_MS * (1 + Math.random());
+      } else if (answer.code === 429 || answer.code === 503) {
+        // A replay spends the read budget: wait as long as the server says (retrying
+        // sooner only earns more refusals), rather than give up.
+        const told = Number(answer.retry_after) * 1000;
+        const delay = (Number.isFinite(told) && told > 0 ? told : BUSY_RETRY_MS) * (1 + Math.random() / 4);
         setTimeout(() => {
           if (this.ws === ws && this.rooms.get(id) === room) this.subscribeOne(id);
         }, delay);
