@@ -7,6 +7,7 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -27,6 +28,15 @@ def stores() -> Iterator[tuple[str, str]]:
 
 
 ServerFactory = Callable[..., ServerProcess]
+
+
+def _other_database(redis_url: str) -> str:
+    """The same Redis, another logical database than this run's."""
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix":  # the embedded server: the run uses database 0
+        return f"{redis_url}{'&' if parts.query else '?'}db=1"
+    current = parts.path.strip("/") or "0"
+    return urlunsplit(parts._replace(path="/0" if current != "0" else "/1"))
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +60,10 @@ def start_server(stores: tuple[str, str]) -> Iterator[ServerFactory]:
             "WEBHOOK_CLAIM_IDLE_MS": "2000",
             **env,
         }
+        if environment.get("ENV") == "production" and "REDIS_URL" not in env:
+            # Production refuses http webhook URLs: such a server must not take the other
+            # test servers' deliveries, so it gets a Redis database (and stream) of its own.
+            environment["REDIS_URL"] = _other_database(redis_url)
         server = ServerProcess(environment, LOG_DIR / f"server-{len(started)}.log")
         if port is not None:
             server.port = port

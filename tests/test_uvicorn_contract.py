@@ -11,7 +11,9 @@ and test_ws.py.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+from collections.abc import Iterator
 
 import pytest
 import uvicorn
@@ -35,10 +37,14 @@ async def _app(scope: object, receive: object, send: object) -> None:  # never c
 
 
 @pytest.fixture
-def protocol() -> WebSocketsSansIOProtocol:
+def protocol() -> Iterator[WebSocketsSansIOProtocol]:
     config = uvicorn_config(_app, Settings.from_env({}), lifespan="off")
     config.load()
-    return AICQWebSocketProtocol(config=config, server_state=ServerState(), app_state={})
+    loop = asyncio.new_event_loop()
+    try:
+        yield AICQWebSocketProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    finally:
+        loop.close()
 
 
 @pytest.mark.parametrize("name", METHODS)
