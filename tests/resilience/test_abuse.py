@@ -224,9 +224,11 @@ async def _settled_fds(pid: int, bound: int, timeout: float = 15) -> int:
     """Open fds of ``pid`` once at most ``bound``, or after ``timeout``: connections that
     never finished their upgrade close on uvicorn's own timers, later than sessions."""
     deadline = time.monotonic() + timeout
-    while (count := len(os.listdir(f"/proc/{pid}/fd"))) > bound and time.monotonic() < deadline:
+    while True:
+        count = len(os.listdir(f"/proc/{pid}/fd"))
+        if count <= bound or time.monotonic() >= deadline:
+            return count
         await asyncio.sleep(0.2)  # polling: an fd count offers nothing to wait on
-    return count
 
 
 async def _settle(server, sessions: int, timeout: float = 30) -> float:
