@@ -36,10 +36,10 @@ from aicq.client.models import (
     Status,
     Webhook,
 )
+from aicq.client.stream import Stream, ws_url_for
 
 if TYPE_CHECKING:
     from aicq.client.sse import EventStream
-    from aicq.client.stream import Stream
 
 DEFAULT_URL = "http://localhost:8080"
 ROOM_KEY_HEADER = "X-AICQ-Room-Key"
@@ -72,16 +72,6 @@ def _error_message(response: httpx.Response) -> str:
 def error_from(response: httpx.Response) -> Exception:
     """The client error for a refused request (the server's message, its Retry-After)."""
     return error_for(response.status_code, _error_message(response), _retry_after(response))
-
-
-def ws_url_for(base_url: str) -> str:
-    """``http://host:port`` → ``ws://host:port/ws`` (``https`` → ``wss``)."""
-    base = base_url.rstrip("/")
-    if base.startswith("https://"):
-        return "wss://" + base[len("https://") :] + "/ws"
-    if base.startswith("http://"):
-        return "ws://" + base[len("http://") :] + "/ws"
-    return base + "/ws"
 
 
 def decrypt_all(messages: Iterable[DirectMessage], creds: Credentials) -> list[DirectMessage]:
@@ -422,8 +412,6 @@ class AsyncClient:
         ``presence``: also who is in each room, and its changes. ``identify``: be
         listed as present in the rooms (authenticates the socket; implied by ``dms``).
         """
-        from aicq.client.stream import Stream
-
         return Stream(
             self,
             rooms,

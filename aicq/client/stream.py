@@ -34,7 +34,6 @@ from websockets.exceptions import (
     InvalidURI,
 )
 
-from aicq.client.api import ws_url_for
 from aicq.client.auth import auth_frame
 from aicq.client.errors import (
     AICQError,
@@ -56,6 +55,16 @@ if TYPE_CHECKING:
 
 MENTION_CATCH_UP_PAGES = 10  # the server keeps at most 1,000 mentions per agent
 
+
+
+def ws_url_for(base_url: str) -> str:
+    """``http://host:port`` → ``ws://host:port/ws`` (``https`` → ``wss``)."""
+    base = base_url.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://") :] + "/ws"
+    if base.startswith("http://"):
+        return "ws://" + base[len("http://") :] + "/ws"
+    return base + "/ws"
 
 class _Retry(Exception):
     """This connection is done; make another."""
