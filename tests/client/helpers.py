@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -135,3 +136,28 @@ class CutProxy:
             pass
         finally:
             dst.transport.abort()
+
+
+async def pumped(stream: Any) -> asyncio.Task[Any]:
+    """Start iterating ``stream`` into a queue; return once it is subscribed."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for event in stream:
+            await queue.put(event)
+
+    task = asyncio.create_task(pump())
+    task.queue = queue  # type: ignore[attr-defined]
+    await asyncio.wait_for(stream.wait_ready(), WAIT)
+    return task
+
+
+async def next_event(task: asyncio.Task[Any]) -> Any:
+    """The next event a ``pumped`` stream yielded (bounded wait)."""
+    return await asyncio.wait_for(task.queue.get(), WAIT)  # type: ignore[attr-defined]
+
+
+async def stop(task: asyncio.Task[Any], stream: Any) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await stream.aclose()

@@ -13,8 +13,18 @@ import pytest
 from aicq.client import AsyncClient, Client, DirectMessage, Gap, Message, NotFound
 from aicq.client.sse import EventParser, ServerEvent, room_key_header
 
-from .helpers import WAIT, CutProxy, cli, cli_command, cli_env, new_agent, unique
-from .test_live import _get, _ready, _stop
+from .helpers import (
+    WAIT,
+    CutProxy,
+    cli,
+    cli_command,
+    cli_env,
+    new_agent,
+    next_event,
+    pumped,
+    stop,
+    unique,
+)
 
 # Pure: parsing and headers
 
@@ -43,19 +53,19 @@ async def test_events_deliver_posts_deletions_and_names(server: Any) -> None:
     async with await new_agent(server.url) as alice, AsyncClient(server.url) as anon:
         room = await alice.create_room(unique("sse"))
         stream = anon.events([room.name])
-        task = await _ready(stream)
+        task = await pumped(stream)
         try:
             posted = await alice.post(room.id, "over plain HTTP")
-            event = await _get(task)
+            event = await next_event(task)
             assert isinstance(event, Message)
             assert (event.id, event.body, event.room) == (posted.id, "over plain HTTP", room.id)
             assert stream.room_name(room.id) == room.name
             assert stream.cursor == posted.id
             await alice.delete(room.id, posted.id)
-            deleted = await _get(task)
+            deleted = await next_event(task)
             assert (deleted.room, deleted.id) == (room.id, posted.id)
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)
 
 
 async def test_events_resume_after_a_cut_without_gap_or_duplicate(server: Any) -> None:
@@ -65,21 +75,21 @@ async def test_events_resume_after_a_cut_without_gap_or_duplicate(server: Any) -
     async with await new_agent(server.url) as alice, AsyncClient(proxy_url) as watcher:
         rooms = [await alice.create_room(unique("sse-cut")) for _ in range(2)]
         stream = watcher.events([r.id for r in rooms])
-        task = await _ready(stream)
+        task = await pumped(stream)
         try:
             first = await alice.post(rooms[0].id, "before the cut")
-            assert (await _get(task)).id == first.id
+            assert (await next_event(task)).id == first.id
             proxy.hold()
             proxy.cut()
             missed = [(await alice.post(rooms[i % 2].id, f"while away {i}")).id for i in range(6)]
             proxy.release()
-            assert [(await _get(task)).id for _ in missed] == missed
+            assert [(await next_event(task)).id for _ in missed] == missed
             after = await alice.post(rooms[1].id, "after the resume")
-            assert (await _get(task)).id == after.id
+            assert (await next_event(task)).id == after.id
             assert task.queue.empty()  # type: ignore[attr-defined]
             assert stream.connections >= 2
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)
             await proxy.close()
 
 
@@ -90,15 +100,15 @@ async def test_private_rooms_and_dms_over_events(server: Any) -> None:
         private = await alice.create_room(unique("sse-priv"), private=True, key=key)
         public = await alice.create_room(unique("sse-pub"))
         stream = bob.events([private.id, public.name], dms=True, keys={private.id: key})
-        task = await _ready(stream)
+        task = await pumped(stream)
         try:
             posted = await alice.post(private.id, "for key holders", key=key)
-            assert (await _get(task)).id == posted.id
+            assert (await next_event(task)).id == posted.id
             sent = await alice.send_dm(bob.credentials.require_id(), "psst ✓")
-            dm = await _get(task)
+            dm = await next_event(task)
             assert isinstance(dm, DirectMessage) and (dm.id, dm.text) == (sent.id, "psst ✓")
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)
         with pytest.raises(NotFound, match="room not found: no-such-room"):
             async for _ in bob.events(["no-such-room"]):
                 pass
@@ -114,18 +124,18 @@ async def test_dms_sent_while_away_come_back_through_the_cursor(server: Any) -> 
         bob = AsyncClient(proxy_url, bob_direct.credentials)
         await alice.send_dm(bob_id, "old news")
         stream = bob.events(dms=True)
-        task = await _ready(stream)
+        task = await pumped(stream)
         try:
             seen = await alice.send_dm(bob_id, "seen")
-            assert (await _get(task)).id == seen.id
+            assert (await next_event(task)).id == seen.id
             proxy.hold()
             proxy.cut()
             away = [(await alice.send_dm(bob_id, f"while away {i}")).id for i in range(2)]
             proxy.release()
-            assert [(await _get(task)).id for _ in away] == away
+            assert [(await next_event(task)).id for _ in away] == away
             assert task.queue.empty()  # type: ignore[attr-defined]
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)
             await bob.aclose()
             await proxy.close()
 
@@ -135,16 +145,16 @@ async def test_events_move_to_another_instance_on_sigterm(server: Any, start_ser
     async with await new_agent(server.url) as alice, AsyncClient(doomed.url) as watcher:
         room = await alice.create_room(unique("sse-move"))
         stream = watcher.events([room.id], urls=[doomed.url, server.url])
-        task = await _ready(stream)
+        task = await pumped(stream)
         try:
             before = await alice.post(room.id, "before")
-            assert (await _get(task)).id == before.id
+            assert (await next_event(task)).id == before.id
             await asyncio.to_thread(doomed.stop)
             missed = [(await alice.post(room.id, f"during {i}")).id for i in range(3)]
-            assert [(await _get(task)).id for _ in missed] == missed
+            assert [(await next_event(task)).id for _ in missed] == missed
             assert stream.url == server.url and stream.connections == 2
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)
 
 
 async def test_an_expired_cursor_yields_a_gap(server: Any) -> None:

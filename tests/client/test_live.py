@@ -22,7 +22,7 @@ from aicq.client import (
 from aicq.client.errors import BadRequest
 
 from . import dm_reference
-from .helpers import WAIT, CutProxy, new_agent, unique
+from .helpers import WAIT, CutProxy, new_agent, next_event, pumped, stop, unique
 
 
 async def _next_message(stream: Stream) -> Message:
@@ -33,28 +33,7 @@ async def _next_message(stream: Stream) -> Message:
     raise AssertionError("stream ended")
 
 
-async def _ready(stream: Stream) -> asyncio.Task[Any]:
-    """Start iterating ``stream`` into a queue; return once it is subscribed."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
 
-    async def pump() -> None:
-        async for event in stream:
-            await queue.put(event)
-
-    task = asyncio.create_task(pump())
-    task.queue = queue  # type: ignore[attr-defined]
-    await asyncio.wait_for(stream.wait_ready(), WAIT)
-    return task
-
-
-async def _get(task: asyncio.Task[Any]) -> Any:
-    return await asyncio.wait_for(task.queue.get(), WAIT)  # type: ignore[attr-defined]
-
-
-async def _stop(task: asyncio.Task[Any], stream: Stream) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await stream.aclose()
 
 
 async def test_rest_round_trip(server: Any) -> None:
@@ -103,18 +82,18 @@ async def test_stream_delivers_posts_and_deletions(server: Any) -> None:
     async with await new_agent(server.url) as alice, AsyncClient(server.url) as anon:
         room = await alice.create_room(unique("live"))
         stream = anon.stream([room.name])
-        task = await _ready(stream)
+        task = await pumped(stream)
         try:
             posted = await alice.post(room.id, "live one")
-            event = await _get(task)
+            event = await next_event(task)
             assert isinstance(event, Message)
             assert (event.id, event.body, event.room) == (posted.id, "live one", room.id)
             assert stream.room_name(room.id) == room.name
             await alice.delete(room.id, posted.id)
-            deleted = await _get(task)
+            deleted = await next_event(task)
             assert (deleted.room, deleted.id) == (room.id, posted.id)
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)
 
 
 async def test_stream_resumes_after_a_cut_without_gap_or_duplicate(server: Any) -> None:
@@ -124,24 +103,24 @@ async def test_stream_resumes_after_a_cut_without_gap_or_duplicate(server: Any) 
     async with await new_agent(server.url) as alice, AsyncClient(proxy_url) as watcher:
         room = await alice.create_room(unique("resume"))
         stream = watcher.stream([room.id])
-        task = await _ready(stream)
+        task = await pumped(stream)
         try:
             first = await alice.post(room.id, "before the cut")
-            assert (await _get(task)).id == first.id
+            assert (await next_event(task)).id == first.id
 
             proxy.hold()
             proxy.cut()
             missed = [(await alice.post(room.id, f"while away {i}")).id for i in range(5)]
             proxy.release()
 
-            got = [(await _get(task)).id for _ in missed]
+            got = [(await next_event(task)).id for _ in missed]
             assert got == missed
             after = await alice.post(room.id, "after the resume")
-            assert (await _get(task)).id == after.id
+            assert (await next_event(task)).id == after.id
             assert task.queue.empty()  # type: ignore[attr-defined]
             assert stream.connections >= 2
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)
             await proxy.close()
 
 
@@ -150,10 +129,10 @@ async def test_dm_end_to_end(server: Any) -> None:
         assert bob.credentials is not None and alice.credentials is not None
         bob_id = bob.credentials.require_id()
         stream = bob.stream(dms=True)
-        task = await _ready(stream)
+        task = await pumped(stream)
         try:
             sent = await alice.send_dm(bob_id, "psst ✓")
-            live = await _get(task)
+            live = await next_event(task)
             assert isinstance(live, DirectMessage)
             assert (live.id, live.text, live.sender) == (
                 sent.id,
@@ -161,7 +140,7 @@ async def test_dm_end_to_end(server: Any) -> None:
                 alice.credentials.agent_id,
             )
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)
 
         [dm] = await bob.inbox()
         assert dm.text == "psst ✓" and dm.error is None
@@ -185,17 +164,17 @@ async def test_stream_catches_up_on_dms_sent_while_disconnected(server: Any) -> 
         bob = AsyncClient(proxy_url, bob_direct.credentials)
         await alice.send_dm(bob_direct.credentials.require_id(), "old news")
         stream = bob.stream(dms=True)
-        task = await _ready(stream)
+        task = await pumped(stream)
         try:
             proxy.hold()
             proxy.cut()
             sent = await alice.send_dm(bob_direct.credentials.require_id(), "while away")
             proxy.release()
-            event = await _get(task)
+            event = await next_event(task)
             assert (event.id, event.text) == (sent.id, "while away")
             assert task.queue.empty()  # type: ignore[attr-defined]
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)
             await bob.aclose()
             await proxy.close()
 
@@ -221,20 +200,20 @@ async def test_stream_resumes_across_a_server_restart(server: Any, start_server:
     async with await new_agent(server.url) as alice, AsyncClient(first.url) as watcher:
         room = await alice.create_room(unique("restart"))
         stream = watcher.stream([room.id])
-        task = await _ready(stream)
+        task = await pumped(stream)
         try:
             before = await alice.post(room.id, "before the restart")
-            assert (await _get(task)).id == before.id
+            assert (await next_event(task)).id == before.id
 
             await asyncio.to_thread(first.stop)
             missed = [(await alice.post(room.id, f"during {i}")).id for i in range(3)]
             await asyncio.to_thread(start_server, port=first.port)
 
-            assert [(await _get(task)).id for _ in missed] == missed
+            assert [(await next_event(task)).id for _ in missed] == missed
             after = await alice.post(room.id, "after the restart")
-            assert (await _get(task)).id == after.id
+            assert (await next_event(task)).id == after.id
             assert task.queue.empty()  # type: ignore[attr-defined]
             assert stream.connections >= 2
             assert stream.last_close == 1012
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,36 +12,12 @@ from aicq.client import (
     DirectMessage,
     Mention,
     MentionPage,
-    Stream,
     Unprocessable,
     Webhook,
 )
 from tests.webhook_receiver import Receiver
 
-from .helpers import WAIT, CutProxy, cli, new_agent, unique
-
-
-async def _pump(stream: Stream) -> asyncio.Task[Any]:
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def pump() -> None:
-        async for event in stream:
-            await queue.put(event)
-
-    task = asyncio.create_task(pump())
-    task.queue = queue  # type: ignore[attr-defined]
-    await asyncio.wait_for(stream.wait_ready(), WAIT)
-    return task
-
-
-async def _get(task: asyncio.Task[Any]) -> Any:
-    return await asyncio.wait_for(task.queue.get(), WAIT)  # type: ignore[attr-defined]
-
-
-async def _stop(task: asyncio.Task[Any], stream: Stream) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await stream.aclose()
+from .helpers import WAIT, CutProxy, cli, new_agent, next_event, pumped, stop, unique
 
 
 async def test_mentions_over_rest(server: Any) -> None:
@@ -70,25 +45,25 @@ async def test_a_stream_yields_mentions_live_and_after_a_reconnect(server: Any) 
         await author.post("global", f"old news for @{target_id}")  # before the stream: not yielded
         target = AsyncClient(proxy_url, target_direct.credentials)
         stream = target.stream(mentions=True)
-        task = await _pump(stream)
+        task = await pumped(stream)
         try:
             live = await author.post("global", f"live @{target_id}")
             await author.send_dm(target_id, "a DM is not asked for")
-            got = await _get(task)
+            got = await next_event(task)
             assert isinstance(got, Mention) and got.id == live.id and got.room is not None
 
             proxy.hold()
             proxy.cut()
             missed = [(await author.post("global", f"while away {i} @{target_id}")).id for i in range(3)]
             proxy.release()
-            assert [(await _get(task)).id for _ in missed] == missed
+            assert [(await next_event(task)).id for _ in missed] == missed
             after = await author.post("global", f"after @{target_id}")
-            event = await _get(task)
+            event = await next_event(task)
             assert event.id == after.id and not isinstance(event, DirectMessage)
             assert task.queue.empty()  # type: ignore[attr-defined]
             assert stream.connections >= 2
         finally:
-            await _stop(task, stream)
+            await stop(task, stream)
             await target.aclose()
             await proxy.close()
 
