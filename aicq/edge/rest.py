@@ -220,5 +220,3 @@ ROUTES = [
     Route("/stats", endpoint(stats, action=None), methods=["GET"]),
     Route("/health", health, methods=["GET"]),
 ]
-
-__all__ = ["JSON", "ROUTES", "error_response"]
