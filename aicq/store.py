@@ -54,9 +54,12 @@ class Store:
         self._missing: LRU = LRU(20_000)  # ("id" | "name", value) -> believed until (monotonic)
 
     @classmethod
-    async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> Store:
+    async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> Store:
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, command_timeout=5, timeout=5
+            url, min_size=min_size, max_size=max_size, command_timeout=5, timeout=5,
+            # Connections opened for a burst go back after a minute idle: many
+            # instances (workers, machines) share one PostgreSQL's max_connections.
+            max_inactive_connection_lifetime=60
         )
         return cls(pool, hashlib.sha256(url.encode()).hexdigest()[:16])
 

@@ -64,6 +64,7 @@ async def test_workers_share_the_port_the_fanout_and_the_metrics(start_server) -
         finally:
             for ws in sockets:
                 await ws.close()
+            await asyncio.to_thread(server.stop)  # two workers, two pools: give them back now
 
 
 async def test_a_dead_worker_is_replaced_and_sigterm_drains_them_all(start_server) -> None:
