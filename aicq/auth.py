@@ -1,8 +1,9 @@
 """The only signature and nonce check (SPEC §3), used by REST and WebSocket alike.
 
 Order matters: everything that can be checked without state first, then the
-signature, and only then the nonce is recorded — so nobody can burn another
-agent's nonces, and two requests racing with one nonce admit exactly one.
+signature, and only then the nonce is recorded (by the request's admission,
+aicq/limits.py) — so nobody can burn another agent's nonces, and two requests
+racing with one nonce admit exactly one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from aicq.errors import Unauthorized
 from aicq.models import Agent
 from aicq.validation import is_uuid
 
+NONCE_TTL_S = 180  # longer than a timestamp is accepted (MAX_AGE_MS + MAX_FUTURE_MS)
+NONCE_USED = "nonce already used"
 MAX_AGE_MS = 30_000
 MAX_FUTURE_MS = 5_000
 NONCE_MIN, NONCE_MAX = 24, 128
@@ -60,6 +63,10 @@ def check_timestamp(timestamp: str, now_ms: int) -> None:
         raise Unauthorized("timestamp is in the future")
 
 
+def nonce_key(agent_id: str, nonce: str) -> str:
+    return f"nonce:{agent_id}:{nonce}"
+
+
 def from_headers(headers: object) -> Credentials | None:
     """Credentials from request headers; None when no AICQ auth header is present at all."""
     get = headers.get  # type: ignore[attr-defined]
@@ -70,16 +77,15 @@ def from_headers(headers: object) -> Credentials | None:
 
 
 class Authenticator:
-    def __init__(
-        self,
-        get_agent: Callable[[str], Awaitable[Agent | None]],
-        claim_nonce: Callable[[str, str], Awaitable[bool]],
-    ):
+    def __init__(self, get_agent: Callable[[str], Awaitable[Agent | None]]):
         self._get_agent = get_agent
-        self._claim_nonce = claim_nonce
 
     async def verify(self, creds: Credentials, body: bytes) -> Agent:
-        """The agent who signed ``body``; raises Unauthorized with the reason otherwise."""
+        """The agent who signed ``body``; raises Unauthorized with the reason otherwise.
+
+        The nonce is not spent here: the request's admission spends it (aicq/limits.py),
+        in the same round trip as the rest of what the request is counted for.
+        """
         check_timestamp(creds.timestamp, int(time.time() * 1000))
         agent = await self._get_agent(creds.agent_id)
         if agent is None:
@@ -87,6 +93,4 @@ class Authenticator:
         public_key = base64.b64decode(agent.public_key)
         if not signing.verify(public_key, body, creds.nonce, creds.timestamp, creds.signature):
             raise Unauthorized("invalid signature")
-        if not await self._claim_nonce(agent.id, creds.nonce):
-            raise Unauthorized("nonce already used")
         return agent

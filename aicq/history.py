@@ -14,8 +14,7 @@ Keys keep the Go server's names and member format (SPEC §9):
 - ``append:done:{token}``, ``delete:done:{token}``, ``counts:done:{token}``,
   ``counts:taken:{token}`` what a write did, for 2 minutes (ours): a command whose
   connection broke is retried once (``rediskit``), and a retried write must answer as
-  the first did instead of acting twice. A nonce key holds its claim's token for the same
-  reason.
+  the first did instead of acting twice.
 
 Every multi-step write (history + index + trim + search + publish) is one Lua
 script, so no reader sees half a message and no subscriber misses a stored one.
@@ -39,6 +38,7 @@ import redis.asyncio as aioredis
 from ulid import ULID
 
 from aicq import metrics, rediskit
+from aicq.limits import ADMIT_LUA, Admission
 from aicq.mentions import RECORD_MENTION_LUA
 from aicq.models import DirectMessage, Message, spliced
 from aicq.rediskit import timed
@@ -47,7 +47,6 @@ from aicq.webhooks.queue import ENQUEUE_LUA
 
 MESSAGE_TTL_MS = 24 * 3600 * 1000
 DM_TTL_MS = 7 * 24 * 3600 * 1000
-NONCE_TTL_S = 180
 RECENT_KEY = "stats:recent"
 PARKED_COUNTS_KEY = "counts:parked"
 RECENT_KEEP = 50
@@ -124,7 +123,8 @@ end
 # ARGV: random (16 Crockford chars), member head, middle, tail, frame head, middle, tail,
 #       ttl_ms, room_id, public (0/1), channel, sender,
 #       mention frame head, middle, tail, mentioned agent ids...
-_APPEND = ENQUEUE_LUA + RECORD_MENTION_LUA + """
+# → {'ok', admitted count, oldest (see _ADMITTED_APPEND; 0s here), id, ts, mentioned}
+_APPEND_BODY = """
 local ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 local function encode_time(ms)
   local out = {}
@@ -156,7 +156,7 @@ local done_key = 'append:done:' .. ARGV[1]
 local done = redis.call('GET', done_key)
 if done then
   local sep = string.find(done, ':', 1, true)
-  return {string.sub(done, 1, sep - 1), string.sub(done, sep + 1)}
+  return {'ok', admitted_count, admitted_oldest, string.sub(done, 1, sep - 1), string.sub(done, sep + 1), 0}
 end
 local ttl = tonumber(ARGV[8])
 local clock = redis.call('TIME')
@@ -211,8 +211,17 @@ if #ARGV >= 16 then
   end
 end
 redis.call('SET', done_key, id .. ':' .. ts_text, 'EX', 120)
-return {id, ts_text, mentioned}
+return {'ok', admitted_count, admitted_oldest, id, ts_text, mentioned}
 """ % (TRIM_BATCH, RECENT_KEEP - 1, dm_channel(""))
+_APPEND = ENQUEUE_LUA + RECORD_MENTION_LUA + """
+local admitted_count, admitted_oldest = 0, 0
+""" + _APPEND_BODY
+# The same, admitted first (limits.ADMIT_LUA): a post is one round trip. ARGV: the
+# admission's JSON, then _APPEND's. A refusal is returned as admit() made it.
+_ADMITTED_APPEND = ENQUEUE_LUA + RECORD_MENTION_LUA + ADMIT_LUA + """
+local refusal, admitted_count, admitted_oldest = admit(cjson.decode(table.remove(ARGV, 1)))
+if refusal then return refusal end
+""" + _APPEND_BODY
 
 # KEYS: messages, index   ARGV: id, lo, hi
 _FIND = _LOCATE + """
@@ -354,16 +363,6 @@ end
 return redis.call('HGETALL', KEYS[2])
 """
 
-# SET NX, but a retry of the same claim (same token) is told it won.
-# KEYS: nonce   ARGV: token, ttl_s
-_CLAIM_NONCE = """
-local holder = redis.call('GET', KEYS[1])
-if holder then return holder == ARGV[1] and 1 or 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
-"""
-
-
 def _random_part() -> str:
     """80 random bits, as the last 16 characters of a ULID.
 
@@ -399,6 +398,12 @@ def _decode_dms(members: list[bytes]) -> list[DirectMessage]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Appended:
+    verdict: list  # its admission's (limits.ADMIT_LUA): ['ok', count, oldest] or the refusal
+    message: Message | None  # as stored; None when the admission refused it
+
+
 @dataclass(frozen=True)
 class Page:
     messages: list[Message]
@@ -409,6 +414,7 @@ class History:
     def __init__(self, redis: aioredis.Redis):
         self.redis = redis
         self._append = redis.register_script(_APPEND)
+        self._admitted_append = redis.register_script(_ADMITTED_APPEND)
         self._find = redis.register_script(_FIND)
         self._delete = redis.register_script(_DELETE)
         self._before = redis.register_script(_BEFORE)
@@ -418,7 +424,6 @@ class History:
         self._park_count = redis.register_script(_PARK_COUNT)
         self._take_counts = redis.register_script(_TAKE_COUNTS)
         self._position = redis.register_script(_POSITION)
-        self._claim_nonce = redis.register_script(_CLAIM_NONCE)
 
     @staticmethod
     def cutoff(now_ms: int | None = None) -> int:
@@ -426,7 +431,8 @@ class History:
 
     async def append(self, draft: Message, *, public: bool, words: list[str],
                      frame: tuple[bytes, bytes, bytes], database: str, mentioned: Sequence[str] = (),
-                     mention_frame: tuple[bytes, bytes, bytes] = (b"", b"", b"")) -> Message:
+                     mention_frame: tuple[bytes, bytes, bytes] = (b"", b"", b""),
+                     admission: Admission | None = None) -> Appended:
         """Name, store, index, trim, count and publish one message, atomically.
 
         Args:
@@ -437,9 +443,12 @@ class History:
             database: whose parked counts take the room's +1 (``Store.identity``).
             mentioned: agents it mentions (a private room keeps only its readers).
             mention_frame: the ``mention`` event for them, spliced likewise.
+            admission: passed first, in the same script (``Limiter.conclude`` reads
+                the verdict); the message is stored only when it passes.
 
         Returns:
-            The message as stored, with the id and ts Redis gave it.
+            The admission's verdict, and the message as stored, with the id and ts
+            Redis gave it (None when the admission was refused).
         """
         room_id = draft.room_id
         keys = [messages_key(room_id), index_key(room_id), RECENT_KEY, _parked_key(database)]
@@ -447,10 +456,15 @@ class History:
         args = [_random_part(), *spliced(draft.to_redis()), *frame, MESSAGE_TTL_MS,
                 room_id, "1" if public else "0", room_channel(room_id), draft.sender,
                 *mention_frame, *mentioned]
-        reply = await timed(self._append(keys=keys, args=args))
-        if len(reply) > 2 and reply[2]:
-            metrics.MENTIONS_RECORDED.inc(int(reply[2]))
-        return dataclasses.replace(draft, id=reply[0].decode(), ts=int(reply[1]))
+        if admission is None or admission.checks_nothing:
+            reply = await timed(self._append(keys=keys, args=args))
+        else:
+            reply = await timed(self._admitted_append(keys=keys, args=[admission.spec(), *args]))
+        if reply[0] != b"ok":
+            return Appended(reply, None)
+        if reply[5]:
+            metrics.MENTIONS_RECORDED.inc(int(reply[5]))
+        return Appended(reply[:3], dataclasses.replace(draft, id=reply[3].decode(), ts=int(reply[4])))
 
     async def _locate(self, room_id: str, message_id: str) -> bytes | None:
         at = ulid_ms(message_id)
@@ -599,13 +613,6 @@ class History:
             args=[rediskit.TOKEN_TTL_S],
         ))
         return {pairs[i].decode(): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
-
-    async def claim_nonce(self, agent_id: str, nonce: str) -> bool:
-        """Record a nonce as used; False when it already was (atomic, and a retried claim
-        is not mistaken for a replay)."""
-        claimed = await timed(self._claim_nonce(keys=[f"nonce:{agent_id}:{nonce}"],
-                                                args=[rediskit.token(), NONCE_TTL_S]))
-        return bool(claimed)
 
     async def ping(self) -> None:
         await timed(self.redis.ping())

@@ -1,5 +1,10 @@
 """Rate limits, the message-byte budget and IP blocks (SPEC §5), atomic in Redis.
 
+A request's ``Admission`` is everything it is counted for — its address not blocked,
+its signature's nonce unused, its action's window, a message's bytes — passed by one
+Lua script in one round trip: alone, before a handler runs, or at the head of the
+script that stores a post (so a post is one round trip in all).
+
 Each limit is a sliding-window log: a sorted set of request times per
 (scope, endpoint), trimmed, counted and extended in one Lua script, so two
 instances never both admit the request that crosses the line. A refused request
@@ -20,12 +25,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+import orjson
 import redis.asyncio as aioredis
 
 from aicq import metrics, rediskit
-from aicq.errors import Blocked, RateLimited
+from aicq.auth import NONCE_TTL_S, NONCE_USED, nonce_key
+from aicq.errors import Blocked, RateLimited, Unauthorized
 from aicq.rediskit import timed
 
 log = logging.getLogger("aicq.security")
@@ -79,39 +86,70 @@ class Quota:
         }
 
 
-# KEYS: window   ARGV: now_ms, window_ms, limit, member (the request's token)
-# → {admitted (0/1), count after, oldest score in window}
-_WINDOW = """
-local key, now, window, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local admitted = 0
-if redis.call('ZSCORE', key, ARGV[4]) then
-  admitted = 1  -- logged by an attempt whose reply was lost
-elseif redis.call('ZCARD', key) < limit then
-  redis.call('ZADD', key, now, ARGV[4])
-  redis.call('PEXPIRE', key, window * 2)
-  admitted = 1
+# Admission: every check a request passes before it acts, in this order, each spending
+# what it counts as it passes — the address is not blocked; the signature's nonce is
+# unused (spent); the action's sliding-window log has room (one entry, the request's
+# token); a message's bytes fit the agent's byte budget (spent). A script that writes
+# (the append) runs it at its head, so an admitted post is one round trip. Every entry
+# is the admission's token, so a retried admission finds itself counted and passes.
+# admit(a): a = the Admission's JSON. Returns false, count, oldest when admitted (the
+# window's count and oldest entry, 0s without a window), or the refusal:
+# {'blocked'} | {'nonce'} | {'window', count, oldest} | {'bytes', oldest}.
+ADMIT_LUA = """
+local function slide(key, now, window, limit, member)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local admitted = 0
+  if redis.call('ZSCORE', key, member) then
+    admitted = 1  -- logged by an attempt whose reply was lost
+  elseif redis.call('ZCARD', key) < limit then
+    redis.call('ZADD', key, now, member)
+    redis.call('PEXPIRE', key, window * 2)
+    admitted = 1
+  end
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return admitted, redis.call('ZCARD', key), tonumber(oldest[2] or now)
 end
-local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-return {admitted, redis.call('ZCARD', key), tonumber(oldest[2] or now)}
+local function spend(key, now, window, budget, member, size)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZSCORE', key, member) then return true, now end  -- spent by a lost attempt
+  local used = 0
+  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    used = used + tonumber(string.match(m, ':(%d+)$') or 0)
+  end
+  if used + size > budget then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return false, tonumber(oldest[2] or now)
+  end
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, window * 2)
+  return true, now
+end
+local function admit(a)
+  if a.blocked and redis.call('EXISTS', a.blocked) == 1 then return {'blocked'} end
+  if a.nonce then
+    local holder = redis.call('GET', a.nonce)
+    if holder and holder ~= a.token then return {'nonce'} end
+    if not holder then redis.call('SET', a.nonce, a.token, 'EX', a.nonce_ttl) end
+  end
+  local count, oldest = 0, 0
+  if a.window then
+    local admitted
+    admitted, count, oldest = slide(a.window, a.now, a.window_ms, a.limit, a.token)
+    if admitted == 0 then return {'window', count, oldest} end
+  end
+  if a.bytes then
+    local fits, since = spend(a.bytes, a.now, a.bytes_window_ms, a.budget, a.token .. ':' .. a.size, a.size)
+    if not fits then return {'bytes', since} end
+  end
+  return false, count, oldest
+end
 """
 
-# KEYS: msgbytes   ARGV: now_ms, window_ms, budget, member ("<token>:<bytes>"), bytes
-_BYTES = """
-local key, now, window = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-if redis.call('ZSCORE', key, ARGV[4]) then return {1, now} end  -- spent by a lost attempt
-local used = 0
-for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-  used = used + tonumber(string.match(m, ':(%d+)$') or 0)
-end
-if used + tonumber(ARGV[5]) > tonumber(ARGV[3]) then
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  return {0, tonumber(oldest[2] or now)}
-end
-redis.call('ZADD', key, now, ARGV[4])
-redis.call('PEXPIRE', key, window * 2)
-return {1, now}
+# ARGV: the admission's JSON
+_ADMIT = ADMIT_LUA + """
+local refusal, count, oldest = admit(cjson.decode(ARGV[1]))
+if refusal then return refusal end
+return {'ok', count, oldest}
 """
 
 # KEYS: violations, blocked, done   ARGV: window_s, threshold, block_s, auto_block (0/1), ttl_s
@@ -136,56 +174,113 @@ return count
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What one request must pass before it acts (ADMIT_LUA says in which order).
+
+    Made once per request: its token, and so a retry of it, counts once.
+    """
+
+    ip: str
+    counted: bool  # False for a whitelisted address: counted nowhere (its nonces still are)
+    limit: Limit | None = None  # the action's budget
+    agent_id: str | None = None
+    nonce: str | None = None  # a signed request's nonce, spent by passing
+    size: int | None = None  # a message's body bytes, charged to the agent's byte budget
+    token: str = field(default_factory=rediskit.token)
+    now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    @classmethod
+    def nonce_only(cls, agent_id: str, nonce: str) -> Admission:
+        """A signed request's nonce alone (its other checks passed, or not its to pass)."""
+        return cls(ip="", counted=False, agent_id=agent_id, nonce=nonce)
+
+    def charging(self, size: int) -> Admission:
+        """This admission, also charging ``size`` message bytes (when counted)."""
+        return replace(self, size=size) if self.counted else self
+
+    @property
+    def checks_nothing(self) -> bool:
+        return not self.counted and self.nonce is None
+
+    @property
+    def window_key(self) -> str | None:
+        limit = self.limit
+        if limit is None:
+            return None
+        if limit.scope == "ip" or (limit.scope == "agent_or_ip" and self.agent_id is None):
+            return f"ratelimit:ip:{self.ip}:{limit.endpoint}:{limit.window_s}"
+        assert self.agent_id is not None, f"{limit.endpoint} needs an authenticated agent"
+        return f"ratelimit:agent:{self.agent_id}:{limit.endpoint}:{limit.window_s}"
+
+    def spec(self) -> bytes:
+        """The JSON ADMIT_LUA reads."""
+        spec: dict[str, object] = {"token": self.token, "now": self.now_ms}
+        if self.nonce is not None:
+            assert self.agent_id is not None, "a nonce is an agent's"
+            spec.update(nonce=nonce_key(self.agent_id, self.nonce), nonce_ttl=NONCE_TTL_S)
+        if self.counted:
+            spec["blocked"] = blocked_key(self.ip)
+            if self.limit is not None:
+                spec.update(window=self.window_key, window_ms=self.limit.window_s * 1000, limit=self.limit.requests)
+            if self.size is not None:
+                assert self.agent_id is not None, "the byte budget is an agent's"
+                spec.update(bytes=f"msgbytes:{self.agent_id}", bytes_window_ms=BYTE_WINDOW_MS,
+                            budget=BYTE_BUDGET, size=self.size)
+        return orjson.dumps(spec)
+
+    def untouched(self) -> Quota | None:
+        """The full budget, for a request that is not counted."""
+        if self.limit is None:
+            return None
+        return Quota(self.limit.requests, self.limit.requests, int(time.time()) + self.limit.window_s)
+
+
+def blocked_key(ip: str) -> str:
+    return f"blocked:ip:{ip}"
+
+
 class Limiter:
     def __init__(self, redis: aioredis.Redis, *, auto_block: bool):
         self.redis = redis
         self.auto_block = auto_block
-        self._window = redis.register_script(_WINDOW)
-        self._bytes = redis.register_script(_BYTES)
+        self._admit = redis.register_script(_ADMIT)
         self._violation = redis.register_script(_VIOLATION)
         self._refusal = redis.register_script(_REFUSAL)
 
-    def untouched(self, name: str) -> Quota:
-        """The full budget of ``name``, for callers that are never counted."""
-        limit = LIMITS[name]
-        return Quota(limit.requests, limit.requests, int(time.time()) + limit.window_s)
+    async def admit(self, admission: Admission) -> Quota | None:
+        """Pass ``admission``, in one round trip (none when nothing is checked): the
+        budget left, or the refusal raised (``conclude``)."""
+        if admission.checks_nothing:
+            return admission.untouched()
+        verdict = await timed(self._admit(args=[admission.spec()]))
+        return await self.conclude(admission, verdict)
 
-    async def ensure_not_blocked(self, ip: str) -> None:
-        if await timed(self.redis.exists(f"blocked:ip:{ip}")):
+    async def conclude(self, admission: Admission, verdict: list) -> Quota | None:
+        """What ADMIT_LUA's verdict means: the budget left (None without an action), or
+        403 (blocked), 401 (nonce used) or 429 (a budget spent), counted as SPEC §5 says."""
+        outcome, ip, agent_id = verdict[0], admission.ip, admission.agent_id
+        if outcome == b"blocked":
             metrics.BLOCKED_REQUESTS.labels(reason="ip_blocked").inc()
             log.warning("blocked IP attempted request", extra={"event": "blocked_request", "ip": ip})
             raise Blocked()
-
-    async def hit(self, name: str, *, ip: str, agent_id: str | None) -> Quota:
-        """Count one request against ``name``'s window; raise RateLimited when over."""
-        limit = LIMITS[name]
-        if limit.scope == "ip" or (limit.scope == "agent_or_ip" and agent_id is None):
-            key = f"ratelimit:ip:{ip}:{limit.endpoint}:{limit.window_s}"
-        else:
-            assert agent_id is not None, f"{name} needs an authenticated agent"
-            key = f"ratelimit:agent:{agent_id}:{limit.endpoint}:{limit.window_s}"
-        now = int(time.time() * 1000)
-        window_ms = limit.window_s * 1000
-        admitted, count, oldest = await timed(
-            self._window(keys=[key], args=[now, window_ms, limit.requests, rediskit.token()])
-        )
-        reset_ms = int(oldest) + window_ms
-        quota = Quota(limit.requests, max(0, limit.requests - int(count)), math.ceil(reset_ms / 1000))
-        if not admitted:
-            await self._refuse(limit.endpoint, ip, agent_id, quota, reset_ms - now)
-        return quota
-
-    async def spend_bytes(self, *, ip: str, agent_id: str, size: int) -> None:
-        """Charge ``size`` body bytes to the agent's 32 KB/min budget."""
-        now = int(time.time() * 1000)
-        admitted, oldest = await timed(self._bytes(
-            keys=[f"msgbytes:{agent_id}"],
-            args=[now, BYTE_WINDOW_MS, BYTE_BUDGET, f"{rediskit.token()}:{size}", size],
-        ))
-        if not admitted:
-            reset_ms = int(oldest) + BYTE_WINDOW_MS
+        if outcome == b"nonce":
+            raise Unauthorized(NONCE_USED)
+        if outcome == b"bytes":
+            reset_ms = int(verdict[1]) + BYTE_WINDOW_MS
             quota = Quota(BYTE_BUDGET, 0, math.ceil(reset_ms / 1000))
-            await self._refuse("message_bytes", ip, agent_id, quota, reset_ms - now)
+            await self._refuse("message_bytes", ip, agent_id, quota, reset_ms - admission.now_ms)
+        limit = admission.limit
+        if limit is None:
+            return None
+        if not admission.counted:
+            return admission.untouched()
+        count, oldest = int(verdict[1]), int(verdict[2])
+        reset_ms = oldest + limit.window_s * 1000
+        quota = Quota(limit.requests, max(0, limit.requests - count), math.ceil(reset_ms / 1000))
+        if outcome == b"window":
+            await self._refuse(limit.endpoint, ip, agent_id, quota, reset_ms - admission.now_ms)
+        return quota
 
     async def _refuse(self, endpoint: str, ip: str, agent_id: str | None, quota: Quota, wait_ms: int) -> None:
         metrics.RATE_LIMIT_HITS.labels(endpoint=endpoint).inc()

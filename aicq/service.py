@@ -21,6 +21,7 @@ from ulid import ULID
 from aicq import __version__, metrics, protocol, validation
 from aicq.auth import Authenticator, Credentials
 from aicq.errors import (
+    AICQError,
     BadRequest,
     Conflict,
     Forbidden,
@@ -30,7 +31,7 @@ from aicq.errors import (
     Unprocessable,
 )
 from aicq.history import History
-from aicq.limits import LIMITS, Limiter, Quota
+from aicq.limits import LIMITS, Admission, Limiter, Quota
 from aicq.mentions import Mentions
 from aicq.models import Agent, DirectMessage, Message, Room, rfc3339, spliced
 from aicq.presence import Presence, Status
@@ -65,10 +66,12 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class Posted:
-    """A stored room message or DM: its id and its ts (unix ms)."""
+    """A stored room message or DM: its id and its ts (unix ms); the budget left when
+    the write passed its admission itself (``post_message``)."""
 
     id: str
     ts: int
+    quota: Quota | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,7 @@ class ChatService:
         self.history = history
         self.limiter = limiter
         self.presence = presence
-        self.auth = Authenticator(store.get_agent, history.claim_nonce)
+        self.auth = Authenticator(store.get_agent)
         self.keys = RoomKeys(limiter)
         self.mentions = Mentions(store, history.redis)
 
@@ -102,27 +105,53 @@ class ChatService:
     def caller(self, ip: str) -> Caller:
         return Caller(ip=ip, whitelisted=self.settings.is_whitelisted(ip))
 
-    async def authenticate(self, creds: Credentials, body: bytes) -> Agent:
-        """The agent who signed ``body`` (401 otherwise); its nonce is spent."""
+    async def verify(self, creds: Credentials, body: bytes) -> Agent:
+        """The agent who signed ``body`` (401 otherwise). Its nonce is not spent yet:
+        pass it in the request's admission."""
         return await self.auth.verify(creds, body)
 
-    async def ensure_not_blocked(self, caller: Caller) -> None:
-        if not caller.whitelisted:
-            await self.limiter.ensure_not_blocked(caller.ip)
+    async def authenticate(self, creds: Credentials, body: bytes) -> Agent:
+        """The agent who signed ``body`` (401 otherwise); its nonce is spent."""
+        agent = await self.auth.verify(creds, body)
+        await self.limiter.admit(Admission.nonce_only(agent.id, creds.nonce))
+        return agent
 
-    async def admit(self, caller: Caller, action: str) -> Quota:
-        """Spend one request of ``action``'s budget (SPEC §5); 429 when it is spent.
+    def admission(self, caller: Caller, action: str | None = None, *, nonce: str | None = None) -> Admission:
+        """What ``caller`` must pass to perform ``action`` (SPEC §5): the address not
+        blocked, ``nonce`` (a signed request's) unused, the action's budget not spent.
 
         Every transport admits an action before performing it, so a budget is the
         same whichever way the request came in. An agent-scoped action needs an
-        authenticated caller (401 before anything is counted).
+        authenticated caller (401 before anything is counted). A whitelisted caller is
+        counted nowhere, and told the budget like everyone else.
         """
-        if LIMITS[action].scope == "agent":
+        limit = LIMITS[action] if action is not None else None
+        if limit is not None and limit.scope == "agent":
             caller.require_agent()
-        if caller.whitelisted:  # counted nowhere, but told the budget like everyone else
-            return self.limiter.untouched(action)
-        agent_id = caller.agent.id if caller.agent else None
-        return await self.limiter.hit(action, ip=caller.ip, agent_id=agent_id)
+        return Admission(ip=caller.ip, counted=not caller.whitelisted, limit=limit,
+                         agent_id=caller.agent.id if caller.agent else None, nonce=nonce)
+
+    async def settle(self, admission: Admission) -> Quota | None:
+        """Pass ``admission``: the budget left (None without an action), or the refusal
+        raised — 403 blocked, 401 nonce used, 429 budget spent."""
+        return await self.limiter.admit(admission)
+
+    async def settle_first(self, admission: Admission, exc: AICQError) -> None:
+        """For a request about to be refused with ``exc`` before it passed ``admission``:
+        pass the admission first (the request is counted as any is, and a refusal of
+        its own is raised instead), and put the budget left on ``exc``'s headers."""
+        quota = await self.settle(admission)
+        if quota is not None:
+            exc.headers = {**quota.headers(), **exc.headers}
+
+    async def admit(self, caller: Caller, action: str) -> Quota:
+        """Spend one request of ``action``'s budget (``admission``); 429 when it is spent."""
+        quota = await self.settle(self.admission(caller, action))
+        assert quota is not None
+        return quota
+
+    async def ensure_not_blocked(self, caller: Caller) -> None:
+        await self.settle(self.admission(caller))
 
     # Agents
 
@@ -232,29 +261,39 @@ class ChatService:
             "has_more": page.has_more,
         }
 
-    async def post_message(self, caller: Caller, ref: str, body: object, pid: object, key: str | None) -> Posted:
+    async def post_message(self, caller: Caller, ref: str, body: object, pid: object, key: str | None,
+                           *, admission: Admission) -> Posted:
+        """Store and publish a message. ``admission`` (``self.admission``, not passed
+        yet) is passed by the write itself, in the same round trip, with the body's
+        bytes charged to the agent's budget; a post refused before that (bad input, no
+        such room) passes it first, so it is counted as any request is."""
         agent = caller.require_agent()
-        room = await self.room(ref, key, caller)
-        body = validation.message_body(body)
-        pid = validation.parent_id(pid)
-        if pid is not None and await self.history.find(room.id, pid) is None:
-            raise Unprocessable("pid must be the id of a message in this room")
-        if not caller.whitelisted:
-            await self.limiter.spend_bytes(ip=caller.ip, agent_id=agent.id, size=len(body.encode()))
+        try:
+            room = await self.room(ref, key, caller)
+            body = validation.message_body(body)
+            pid = validation.parent_id(pid)
+            if pid is not None and await self.history.find(room.id, pid) is None:
+                raise Unprocessable("pid must be the id of a message in this room")
+            mentioned = await self.mentions.resolve(body, agent.id)
+        except AICQError as exc:
+            await self.settle_first(admission, exc)
+            raise
         draft = Message.draft(room.id, agent.id, body, pid)
         public = not room.is_private
         words = validation.tokenize(body) if public else []
         frame = spliced(protocol.message_event_data(draft))
-        mentioned = await self.mentions.resolve(body, agent.id)
         mention_frame = spliced(protocol.mention_event_data(draft)) if mentioned else (b"", b"", b"")
         # The room's message_count is counted by the same script, atomically with the
         # message (so neither a crash nor a PostgreSQL outage loses it), and reaches
         # PostgreSQL within a second (flush_counts_forever): no UPDATE per post.
-        message = await self.history.append(draft, public=public, words=words, frame=frame,
-                                            database=self.store.identity, mentioned=mentioned,
-                                            mention_frame=mention_frame)
+        appended = await self.history.append(draft, public=public, words=words, frame=frame,
+                                             database=self.store.identity, mentioned=mentioned,
+                                             mention_frame=mention_frame,
+                                             admission=admission.charging(len(body.encode())))
+        quota = await self.limiter.conclude(admission, appended.verdict)
+        assert appended.message is not None  # conclude raised otherwise
         metrics.MESSAGES_POSTED.labels(room_type="private" if room.is_private else "public").inc()
-        return Posted(message.id, message.ts)
+        return Posted(appended.message.id, appended.message.ts, quota)
 
     async def flush_counts(self) -> int:
         """Move counted message_count changes into PostgreSQL, in one statement;

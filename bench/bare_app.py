@@ -15,7 +15,7 @@ async def constant(request):  # noqa: ANN001, ANN201
     return JSONResponse({"id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "ts": 1700000000000}, status_code=201)
 
 
-app = Starlette(routes=[Route("/room/{id}", constant, methods=["POST"])])
+app = Starlette(routes=[Route("/room/{id}", constant, methods=["GET", "POST"])])
 
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_level="warning",

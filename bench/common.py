@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -102,3 +104,25 @@ async def fire(port: int, requests: list[bytes], concurrency: int) -> LoadResult
     started = time.perf_counter()
     await asyncio.gather(*[worker() for _ in range(concurrency)])
     return LoadResult(len(requests), time.perf_counter() - started, latencies, statuses)
+
+
+def py_spy(pid: int, seconds: float, output: Path) -> subprocess.Popen:
+    """Sample the server's Python stacks while it publishes (py-spy is a bench tool: pip install py-spy)."""
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                             "--rate", "500", "--nonblocking", "--format", "raw", "--output", str(output)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarise_profile(path: Path, top: int = 25) -> None:
+    """Print where the sampled time went: per function, itself and everything it called."""
+    total, own, inclusive = 0, Counter(), Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f.rsplit(" (", 1)[0] + " (" + f.rsplit("/", 1)[-1] if " (" in f else f for f in stack.split(";")]
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    print(f"profile {path} ({total} samples): self | inclusive, % of samples")
+    for frame, count in own.most_common(top):
+        print(f"  {100 * count / total:5.1f} | {100 * inclusive[frame] / total:5.1f}  {frame}")

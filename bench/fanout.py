@@ -40,7 +40,6 @@ import secrets
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +52,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aicq import signing
 from aicq.protocol import text_frame
-from bench.common import cpu_seconds, cpu_split, percentile, rss_bytes, servers
+from bench.common import (
+    cpu_seconds,
+    cpu_split,
+    percentile,
+    py_spy,
+    rss_bytes,
+    servers,
+    summarise_profile,
+)
 from bench.wsload import open_subscribers
 from tests.helpers import REPO, free_port
 
@@ -142,28 +149,6 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     return {"subscribers": len(everyone), "sent": sent, "delivered": delivered, "expected": sent * len(everyone),
             "seconds": elapsed, "cpu": cpu, "split": split, "latencies": latencies, "handoff": handoff,
             "writes": writes, "publishing": publishing, "frame": text_frame(sample)}
-
-
-def py_spy(pid: int, seconds: float, output: Path) -> subprocess.Popen:
-    """Sample the server's Python stacks while it publishes (py-spy is a bench tool: pip install py-spy)."""
-    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                             "--rate", "500", "--nonblocking", "--format", "raw", "--output", str(output)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def summarise_profile(path: Path, top: int = 25) -> None:
-    """Print where the sampled time went: per function, itself and everything it called."""
-    total, own, inclusive = 0, Counter(), Counter()
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        frames = [f.rsplit(" (", 1)[0] + " (" + f.rsplit("/", 1)[-1] if " (" in f else f for f in stack.split(";")]
-        total += int(count)
-        own[frames[-1]] += int(count)
-        for frame in set(frames):
-            inclusive[frame] += int(count)
-    print(f"profile {path} ({total} samples): self | inclusive, % of samples")
-    for frame, count in own.most_common(top):
-        print(f"  {100 * count / total:5.1f} | {100 * inclusive[frame] / total:5.1f}  {frame}")
 
 
 @contextmanager

@@ -88,6 +88,54 @@ async def test_ws_posts_share_the_rest_budget(limited_server, limited: httpx.Asy
         assert 1 <= retry_after <= 60
 
 
+async def test_a_post_refused_for_its_input_still_spends_a_request(limited: httpx.AsyncClient) -> None:
+    # A post is admitted by the script that stores it; one refused before that (bad
+    # input, unknown room) is admitted on its own first, and counted like any request.
+    agent = await _agent(limited)
+    room = (await agent.create_room(limited))["id"]
+    for i in range(28):
+        assert (await agent.post(limited, room, f"m{i}")).status_code == 201
+    empty = await agent.post(limited, room, "")
+    assert empty.status_code == 400 and empty.headers["x-ratelimit-remaining"] == "1"
+    nowhere = await agent.post(limited, "00000000-0000-4000-8000-000000000000", "hello")
+    assert nowhere.status_code == 404 and nowhere.headers["x-ratelimit-remaining"] == "0"
+    refused = await agent.post(limited, room, "one too many")
+    assert refused.status_code == 429  # the budget's refusal comes before its input is read
+    assert (await agent.post(limited, room, "")).status_code == 429
+
+
+async def test_a_replayed_post_is_401_and_spends_no_budget(limited: httpx.AsyncClient) -> None:
+    agent = await _agent(limited)
+    room = (await agent.create_room(limited))["id"]
+    body = orjson.dumps({"body": "once"})
+    signed = agent.headers(body)
+    first = await limited.post(f"/room/{room}", content=body, headers=signed)
+    assert first.status_code == 201 and first.headers["x-ratelimit-remaining"] == "29"
+    replayed = await limited.post(f"/room/{room}", content=body, headers=signed)
+    assert replayed.status_code == 401 and replayed.json() == {"error": "nonce already used"}
+    page = (await limited.get(f"/room/{room}")).json()["messages"]
+    assert [m["body"] for m in page] == ["once"]
+    assert (await agent.post(limited, room, "next")).headers["x-ratelimit-remaining"] == "28"
+
+
+async def test_a_blocked_address_hears_403_before_anything_else(limited: httpx.AsyncClient, stores) -> None:
+    agent = await _agent(limited)
+    room = (await agent.create_room(limited))["id"]
+    client = aioredis.from_url(stores[1])
+    try:
+        await client.set(f"blocked:ip:{limited.ip}", "test", ex=60)  # type: ignore[attr-defined]
+        unsigned = await limited.post(f"/room/{room}", json={"body": "x"})
+        forged = await limited.post(f"/room/{room}", content=b'{"body":"x"}',
+                                    headers={**agent.headers(b"other"), "Content-Type": "application/json"})
+        signed = await agent.post(limited, room, "not stored")
+        for response in (unsigned, forged, signed):
+            assert response.status_code == 403 and response.json() == {"error": "temporarily blocked"}
+    finally:
+        await client.delete(f"blocked:ip:{limited.ip}")  # type: ignore[attr-defined]
+        await client.aclose()
+    assert (await limited.get(f"/room/{room}")).json()["messages"] == []
+
+
 async def test_byte_budget(limited: httpx.AsyncClient) -> None:
     agent = await _agent(limited)
     room = (await agent.create_room(limited))["id"]

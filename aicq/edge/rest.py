@@ -27,7 +27,7 @@ from aicq.edge.request import (
     read_body,
 )
 from aicq.errors import AICQError, Unauthorized
-from aicq.limits import Quota
+from aicq.limits import Admission, Quota
 from aicq.service import Caller, ChatService
 
 # Who may call a route: anyone; anyone, counted per agent when they sign; signers only.
@@ -43,6 +43,8 @@ class Call:
     caller: Caller
     service: ChatService
     body: bytes
+    # What the request must pass: passed already, unless its route passes it itself.
+    admission: Admission
 
     @property
     def params(self) -> Any:
@@ -59,20 +61,30 @@ class Call:
 Handler = Callable[[Call], Awaitable[Response]]
 
 
-def endpoint(handler: Handler, *, action: str | None, access: str = PUBLIC) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a handler: blocked-IP check, body cap, auth, budget, errors, rate-limit headers."""
+def endpoint(handler: Handler, *, action: str | None, access: str = PUBLIC,
+             admits_itself: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler: body cap, auth, admission (blocked IP, nonce, budget — one round
+    trip), errors, rate-limit headers.
+
+    A handler that ``admits_itself`` passes ``call.admission`` with its write, in the
+    same round trip (``ChatService.post_message``).
+    """
 
     async def run(request: Request) -> Response:
         service: ChatService = request.app.state.service
         caller = service.caller(client_ip(request))
         quota: Quota | None = None
         try:
-            await service.ensure_not_blocked(caller)
-            body = await read_body(request)
-            caller = await _authenticate(service, caller, request, body, access)
-            if action is not None:
-                quota = await service.admit(caller, action)
-            response = await handler(Call(request, caller, service, body))
+            try:
+                body = await read_body(request)
+                caller, nonce = await _authenticate(service, caller, request, body, access)
+            except AICQError:
+                await service.settle(service.admission(caller))  # a blocked address hears that first
+                raise
+            admission = service.admission(caller, action, nonce=nonce)
+            if not admits_itself:
+                quota = await service.settle(admission)
+            response = await handler(Call(request, caller, service, body, admission))
         except AICQError as exc:
             response = error_response(exc)
         if quota is not None:
@@ -83,20 +95,22 @@ def endpoint(handler: Handler, *, action: str | None, access: str = PUBLIC) -> C
     return run
 
 
-async def _authenticate(service: ChatService, caller: Caller, request: Request, body: bytes, access: str) -> Caller:
+async def _authenticate(service: ChatService, caller: Caller, request: Request, body: bytes,
+                        access: str) -> tuple[Caller, str | None]:
+    """The caller, signed in when the request is signed; and the nonce still to spend."""
     if access == PUBLIC:
-        return caller
+        return caller, None
     creds = auth.from_headers(request.headers)
     if creds is None:
         if access == SIGNED:
             raise Unauthorized("missing authentication headers")
-        return caller
-    if access == SIGNED:
-        return caller.signed_in(await service.authenticate(creds, body))
+        return caller, None
+    if access == SIGNED:  # the nonce is spent with the rest of the admission
+        return caller.signed_in(await service.verify(creds, body)), creds.nonce
     try:  # a readable endpoint counts a valid signer per agent, anyone else per IP
-        return caller.signed_in(await service.authenticate(creds, body))
+        return caller.signed_in(await service.authenticate(creds, body)), None
     except Unauthorized:
-        return caller
+        return caller, None
 
 
 async def register(call: Call) -> Response:
@@ -134,10 +148,15 @@ async def read_room(call: Call) -> Response:
 
 
 async def post_message(call: Call) -> Response:
-    data = call.json()
+    try:
+        data = call.json()
+    except AICQError as exc:
+        await call.service.settle_first(call.admission, exc)
+        raise
     posted = await call.service.post_message(
-        call.caller, call.params["id"], data.get("body"), data.get("pid"), call.room_key)
-    return JSON(posted, status_code=201)
+        call.caller, call.params["id"], data.get("body"), data.get("pid"), call.room_key, admission=call.admission)
+    return JSON({"id": posted.id, "ts": posted.ts}, status_code=201,
+                headers=posted.quota.headers() if posted.quota else None)
 
 
 async def delete_message(call: Call) -> Response:
@@ -206,7 +225,7 @@ ROUTES = [
     Route("/room", endpoint(create_room, action="create_room", access=SIGNED), methods=["POST"]),
     Route("/room/{id}", by_method(
         GET=endpoint(read_room, action="read_room", access=SIGNED_OPTIONAL),
-        POST=endpoint(post_message, action="post_message", access=SIGNED),
+        POST=endpoint(post_message, action="post_message", access=SIGNED, admits_itself=True),
     ), methods=["GET", "POST"]),
     # Before /room/{id}/{msg_id}, which would take "presence" for a message id.
     Route("/room/{id}/presence", by_method(

@@ -397,8 +397,8 @@ class Session:
         return protocol.ok(ref, room=room_id)
 
     async def post(self, op: protocol.Post, ref: Any) -> bytes:
-        await self.service.admit(self.caller, "post_message")
-        posted = await self.service.post_message(self.caller, op.room, op.body, op.pid, op.key)
+        posted = await self.service.post_message(self.caller, op.room, op.body, op.pid, op.key,
+                                                 admission=self.service.admission(self.caller, "post_message"))
         return protocol.ok(ref, id=posted.id, ts=posted.ts)
 
     async def send_dm(self, op: protocol.SendDM, ref: Any) -> bytes:
