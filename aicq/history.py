@@ -32,18 +32,21 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 from ulid import ULID
 
 from aicq import metrics, rediskit
-from aicq.limits import ADMIT_LUA, Admission
+from aicq.limits import ADMITTED, Admission
 from aicq.mentions import RECORD_MENTION_LUA
-from aicq.models import DirectMessage, Message, spliced
+from aicq.models import DirectMessage, Message, public_json, spliced
 from aicq.rediskit import timed
 from aicq.validation import is_ulid, ulid_ms
 from aicq.webhooks.queue import ENQUEUE_LUA
+
+T = TypeVar("T")
 
 MESSAGE_TTL_MS = 24 * 3600 * 1000
 DM_TTL_MS = 7 * 24 * 3600 * 1000
@@ -120,10 +123,10 @@ end
 # their DM channel) and queues it for the webhooks that want it (the room's, the
 # mentioned agents'), so a mention or a delivery exists exactly when the message does.
 # KEYS: messages, index, recent, parked counts, word keys...
-# ARGV: random (16 Crockford chars), member head, middle, tail, frame head, middle, tail,
-#       ttl_ms, room_id, public (0/1), channel, sender,
-#       mention frame head, middle, tail, mentioned agent ids...
-# → {'ok', admitted count, oldest (see _ADMITTED_APPEND; 0s here), id, ts, mentioned}
+# ARGV: the admission (limits.ADMITTED), random (16 Crockford chars), member head,
+#       middle, tail, frame head, middle, tail, ttl_ms, room_id, public (0/1), channel,
+#       sender, mention frame head, middle, tail, mentioned agent ids...
+# → {'ok', admitted count, oldest, id, ts, mentioned}, or the admission's refusal
 _APPEND_BODY = """
 local ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 local function encode_time(ms)
@@ -213,15 +216,8 @@ end
 redis.call('SET', done_key, id .. ':' .. ts_text, 'EX', 120)
 return {'ok', admitted_count, admitted_oldest, id, ts_text, mentioned}
 """ % (TRIM_BATCH, RECENT_KEEP - 1, dm_channel(""))
-_APPEND = ENQUEUE_LUA + RECORD_MENTION_LUA + """
-local admitted_count, admitted_oldest = 0, 0
-""" + _APPEND_BODY
-# The same, admitted first (limits.ADMIT_LUA): a post is one round trip. ARGV: the
-# admission's JSON, then _APPEND's. A refusal is returned as admit() made it.
-_ADMITTED_APPEND = ENQUEUE_LUA + RECORD_MENTION_LUA + ADMIT_LUA + """
-local refusal, admitted_count, admitted_oldest = admit(cjson.decode(table.remove(ARGV, 1)))
-if refusal then return refusal end
-""" + _APPEND_BODY
+# Admitted first (limits.ADMITTED): a post is one round trip.
+_APPEND = ENQUEUE_LUA + RECORD_MENTION_LUA + ADMITTED + _APPEND_BODY
 
 # KEYS: messages, index   ARGV: id, lo, hi
 _FIND = _LOCATE + """
@@ -244,7 +240,8 @@ return 1
 
 # Newest first, strictly before a cursor.  KEYS: messages, index
 # ARGV: cutoff, count, mode ('latest' | 'ms' | 'id'), value, lo, hi, id_ms
-_BEFORE = _LOCATE + """
+_BEFORE = _LOCATE + ADMITTED + """
+local function page()
 local zkey, hkey = KEYS[1], KEYS[2]
 local cutoff, count, mode, value = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 if mode == 'latest' then
@@ -267,6 +264,8 @@ for _, c in ipairs(redis.call('ZRANGE', zkey, '(' .. t, cutoff, 'BYSCORE', 'REV'
   out[#out + 1] = c
 end
 return out
+end
+return {'ok', admitted_count, admitted_oldest, page()}
 """
 
 # Oldest first, strictly after a cursor.  Same KEYS/ARGV as _BEFORE (mode 'ms' | 'id').
@@ -399,14 +398,20 @@ def _decode_dms(members: list[bytes]) -> list[DirectMessage]:
 
 
 @dataclass(frozen=True, slots=True)
-class Appended:
-    verdict: list  # its admission's (limits.ADMIT_LUA): ['ok', count, oldest] or the refusal
-    message: Message | None  # as stored; None when the admission refused it
+class Admitted(Generic[T]):
+    """What a script that passes its request's admission first answered."""
+
+    verdict: list  # the admission's (limits.ADMIT_LUA): ['ok', count, oldest] or the refusal
+    value: T | None  # what the script made; None when the admission refused it
+
+
+def _spec(admission: Admission | None) -> bytes:
+    return admission.spec() if admission is not None else b"{}"
 
 
 @dataclass(frozen=True)
 class Page:
-    messages: list[Message]
+    messages: list[bytes]  # each one's REST JSON (models.public_json), newest first
     has_more: bool
 
 
@@ -414,7 +419,6 @@ class History:
     def __init__(self, redis: aioredis.Redis):
         self.redis = redis
         self._append = redis.register_script(_APPEND)
-        self._admitted_append = redis.register_script(_ADMITTED_APPEND)
         self._find = redis.register_script(_FIND)
         self._delete = redis.register_script(_DELETE)
         self._before = redis.register_script(_BEFORE)
@@ -432,7 +436,7 @@ class History:
     async def append(self, draft: Message, *, public: bool, words: list[str],
                      frame: tuple[bytes, bytes, bytes], database: str, mentioned: Sequence[str] = (),
                      mention_frame: tuple[bytes, bytes, bytes] = (b"", b"", b""),
-                     admission: Admission | None = None) -> Appended:
+                     admission: Admission | None = None) -> Admitted[Message]:
         """Name, store, index, trim, count and publish one message, atomically.
 
         Args:
@@ -448,7 +452,7 @@ class History:
 
         Returns:
             The admission's verdict, and the message as stored, with the id and ts
-            Redis gave it (None when the admission was refused).
+            Redis gave it (none when the admission was refused).
         """
         room_id = draft.room_id
         keys = [messages_key(room_id), index_key(room_id), RECENT_KEY, _parked_key(database)]
@@ -456,15 +460,12 @@ class History:
         args = [_random_part(), *spliced(draft.to_redis()), *frame, MESSAGE_TTL_MS,
                 room_id, "1" if public else "0", room_channel(room_id), draft.sender,
                 *mention_frame, *mentioned]
-        if admission is None or admission.checks_nothing:
-            reply = await timed(self._append(keys=keys, args=args))
-        else:
-            reply = await timed(self._admitted_append(keys=keys, args=[admission.spec(), *args]))
+        reply = await timed(self._append(keys=keys, args=[_spec(admission), *args]))
         if reply[0] != b"ok":
-            return Appended(reply, None)
+            return Admitted(reply, None)
         if reply[5]:
             metrics.MENTIONS_RECORDED.inc(int(reply[5]))
-        return Appended(reply[:3], dataclasses.replace(draft, id=reply[3].decode(), ts=int(reply[4])))
+        return Admitted(reply[:3], dataclasses.replace(draft, id=reply[3].decode(), ts=int(reply[4])))
 
     async def _locate(self, room_id: str, message_id: str) -> bytes | None:
         at = ulid_ms(message_id)
@@ -501,15 +502,20 @@ class History:
         at = ulid_ms(cursor)
         return [cutoff, count, "id", cursor, at - LEGACY_SKEW_MS, at + LEGACY_SKEW_MS, at]
 
-    async def before(self, room_id: str, cursor: int | str | None, limit: int) -> Page:
-        """Up to ``limit`` messages strictly before ``cursor`` (ms or id), newest first."""
+    async def before(self, room_id: str, cursor: int | str | None, limit: int, *,
+                     admission: Admission | None = None) -> Admitted[Page]:
+        """Up to ``limit`` messages strictly before ``cursor`` (ms or id), newest first, as
+        REST shows them (a page is what REST reads: no message is decoded to be encoded
+        again); ``admission`` is passed first, in the same round trip."""
         cutoff = self.cutoff()
-        members = await timed(self._before(
+        reply = await timed(self._before(
             keys=[messages_key(room_id), index_key(room_id)],
-            args=self._cursor_args(cursor, limit + 1, cutoff),
+            args=[_spec(admission), *self._cursor_args(cursor, limit + 1, cutoff)],
         ))
-        messages = _decode(members, cutoff)
-        return Page(messages[:limit], len(messages) > limit)
+        if reply[0] != b"ok":
+            return Admitted(reply, None)
+        messages = [json for json, ts in filter(None, map(public_json, reply[3])) if ts >= cutoff]
+        return Admitted(reply[:3], Page(messages[:limit], len(messages) > limit))
 
     async def after(self, room_id: str, cursor: int | str, limit: int) -> list[Message]:
         """Up to ``limit`` retained messages strictly after ``cursor``, oldest first."""

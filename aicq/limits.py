@@ -145,11 +145,17 @@ local function admit(a)
 end
 """
 
-# ARGV: the admission's JSON
-_ADMIT = ADMIT_LUA + """
-local refusal, count, oldest = admit(cjson.decode(ARGV[1]))
+# The head of a script that does its work only once its request is admitted: it takes
+# the admission's JSON as ARGV[1] (removed, so the script's own ARGV keep their places),
+# returns the refusal as admit() made it, and otherwise goes on with admitted_count and
+# admitted_oldest for its reply ({'ok', admitted_count, admitted_oldest, ...}).
+ADMITTED = ADMIT_LUA + """
+local refusal, admitted_count, admitted_oldest = admit(cjson.decode(table.remove(ARGV, 1)))
 if refusal then return refusal end
-return {'ok', count, oldest}
+"""
+
+_ADMIT = ADMITTED + """
+return {'ok', admitted_count, admitted_oldest}
 """
 
 # KEYS: violations, blocked, done   ARGV: window_s, threshold, block_s, auto_block (0/1), ttl_s
@@ -215,6 +221,8 @@ class Admission:
 
     def spec(self) -> bytes:
         """The JSON ADMIT_LUA reads."""
+        if self.checks_nothing:
+            return b"{}"
         spec: dict[str, object] = {"token": self.token, "now": self.now_ms}
         if self.nonce is not None:
             assert self.agent_id is not None, "a nonce is an agent's"

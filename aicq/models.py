@@ -96,6 +96,32 @@ class Message:
         )
 
 
+# The layout ``Message.to_redis`` writes: {"id":"<26>","room_id":"<36>","from":…,"ts":n}
+_ROOM_ID_FIELD = slice(34, 46), b',"room_id":"'
+_AFTER_ROOM_ID = slice(82, 84), b'",'
+_TS_FIELD = b'"ts":'
+
+
+def public_json(member: bytes) -> tuple[bytes, int] | None:
+    """A room message's REST JSON (``Message.to_public``) and ts, from its Redis member;
+    None for an entry that is not a message.
+
+    A member in the layout this server writes is cut (its room_id dropped), never
+    decoded and encoded again; another (the Go server's, say) goes through ``Message``.
+    The last ``"ts":`` of a member is its ts field: inside a body, quotes are escaped.
+    """
+    (where, room_id), (after, closing) = _ROOM_ID_FIELD, _AFTER_ROOM_ID
+    if member[where] == room_id and member[after] == closing and member.endswith(b"}"):
+        digits = member[member.rfind(_TS_FIELD) + len(_TS_FIELD):-1]
+        if digits.isdigit():
+            return member[:where.start] + member[after.start + 1:], int(digits)
+    try:
+        message = Message.from_redis(orjson.loads(member))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return orjson.dumps(message.to_public()), message.ts
+
+
 @dataclass(frozen=True, slots=True)
 class DirectMessage:
     id: str

@@ -252,14 +252,24 @@ class ChatService:
         await self.keys.check(room, key, ip=caller.ip, whitelisted=caller.whitelisted)
 
     async def read_room(self, caller: Caller, ref: str, key: str | None, limit: int,
-                        before: int | str | None) -> dict[str, Any]:
-        room = await self.room(ref, key, caller)
-        page = await self.history.before(room.id, before, limit)
+                        before: int | str | None, *, admission: Admission) -> tuple[dict[str, Any], Quota | None]:
+        """A page of the room's history, and the budget left. ``admission`` (not passed
+        yet) is passed by the read itself, in the same round trip (``post_message``
+        says how a refusal before it is counted)."""
+        try:
+            room = await self.room(ref, key, caller)
+        except AICQError as exc:
+            await self.settle_first(admission, exc)
+            raise
+        read = await self.history.before(room.id, before, limit, admission=admission)
+        quota = await self.limiter.conclude(admission, read.verdict)
+        page = read.value
+        assert page is not None  # conclude raised otherwise
         return {
             "room": {"id": room.id, "name": room.name},
-            "messages": [m.to_public() for m in page.messages],
+            "messages": [orjson.Fragment(m) for m in page.messages],
             "has_more": page.has_more,
-        }
+        }, quota
 
     async def post_message(self, caller: Caller, ref: str, body: object, pid: object, key: str | None,
                            *, admission: Admission) -> Posted:
@@ -291,9 +301,10 @@ class ChatService:
                                              mention_frame=mention_frame,
                                              admission=admission.charging(len(body.encode())))
         quota = await self.limiter.conclude(admission, appended.verdict)
-        assert appended.message is not None  # conclude raised otherwise
+        message = appended.value
+        assert message is not None  # conclude raised otherwise
         metrics.MESSAGES_POSTED.labels(room_type="private" if room.is_private else "public").inc()
-        return Posted(appended.message.id, appended.message.ts, quota)
+        return Posted(message.id, message.ts, quota)
 
     async def flush_counts(self) -> int:
         """Move counted message_count changes into PostgreSQL, in one statement;

@@ -186,8 +186,8 @@ async def _post(history: History, room: str, body: str, admission: Admission | N
     appended = await history.append(draft, public=True, words=["deleted"],
                                     frame=spliced(protocol.message_event_data(draft)), database="test",
                                     admission=admission)
-    assert appended.verdict[0] == b"ok" and appended.message is not None, appended.verdict
-    return appended.message
+    assert appended.verdict[0] == b"ok" and appended.value is not None, appended.verdict
+    return appended.value
 
 
 async def _delete(history: History, room: str, message: Message) -> Message | None:

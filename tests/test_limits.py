@@ -104,6 +104,16 @@ async def test_a_post_refused_for_its_input_still_spends_a_request(limited: http
     assert (await agent.post(limited, room, "")).status_code == 429
 
 
+async def test_a_read_is_counted_whether_or_not_its_room_exists(limited: httpx.AsyncClient) -> None:
+    # A page is read by the script that admits it; a read refused before (no such room,
+    # a private room without its key) is admitted on its own first.
+    first = await limited.get("/room/global")
+    assert first.status_code == 200 and first.headers["x-ratelimit-remaining"] == "119"
+    missing = await limited.get("/room/00000000-0000-4000-8000-000000000000")
+    assert missing.status_code == 404 and missing.headers["x-ratelimit-remaining"] == "118"
+    assert (await limited.get("/room/global")).headers["x-ratelimit-remaining"] == "117"
+
+
 async def test_a_replayed_post_is_401_and_spends_no_budget(limited: httpx.AsyncClient) -> None:
     agent = await _agent(limited)
     room = (await agent.create_room(limited))["id"]

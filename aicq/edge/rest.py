@@ -140,11 +140,14 @@ async def read_room(call: Call) -> Response:
     q = call.request.query_params
     wait = query.wait_seconds(q)
     if wait is not None:  # a long-poll: what follows `after`, oldest first
+        await call.service.settle(call.admission)
         return JSON(await longpoll.room_after(
             call.service, call.request.app.state.hub, httpserver.connection(call.request.scope), call.caller,
             call.params["id"], call.room_key, query.after_cursor(q), query.limit(q, 50, 200), wait))
-    return JSON(await call.service.read_room(
-        call.caller, call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q)))
+    page, quota = await call.service.read_room(
+        call.caller, call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q),
+        admission=call.admission)
+    return JSON(page, headers=quota.headers() if quota else None)
 
 
 async def post_message(call: Call) -> Response:
@@ -224,7 +227,7 @@ ROUTES = [
     Route("/channels", endpoint(channels, action="channels"), methods=["GET"]),
     Route("/room", endpoint(create_room, action="create_room", access=SIGNED), methods=["POST"]),
     Route("/room/{id}", by_method(
-        GET=endpoint(read_room, action="read_room", access=SIGNED_OPTIONAL),
+        GET=endpoint(read_room, action="read_room", access=SIGNED_OPTIONAL, admits_itself=True),
         POST=endpoint(post_message, action="post_message", access=SIGNED, admits_itself=True),
     ), methods=["GET", "POST"]),
     # Before /room/{id}/{msg_id}, which would take "presence" for a message id.
