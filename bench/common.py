@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import statistics
 import subprocess
 import time
@@ -45,6 +46,43 @@ def cpu_split(pid: int) -> tuple[float, float]:
     """(utime, stime) of a process in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc (uvicorn's supervisor and its workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):  # gone between listing and reading
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        found.append(pending.pop())
+        pending += children.get(found[-1], [])
+    return found
+
+
+def family_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """(utime, stime) of ``pid`` and of each descendant still running."""
+    readings = {}
+    for member in family(pid):
+        try:
+            readings[member] = cpu_split(member)
+        except OSError:
+            continue
+    return readings
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Lift the soft open-files limit (inherited by the servers started after) to ``wanted``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        ceiling = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        if ceiling < wanted:
+            raise SystemExit(f"open files: need {wanted}, the hard limit is {hard} (raise ulimit -Hn)")
 
 
 def rss_bytes(pid: int) -> int:

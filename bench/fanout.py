@@ -13,8 +13,9 @@ Default scenarios, 1,000 subscribers unless said:
 - 5,000 subscribers at 20 posts/s.
 
 Messages are posted through the real REST endpoint (~200-byte bodies); the server's
-own CPU (utime + stime from /proc) is divided by the deliveries the subscribers saw
-(it includes the REST posts). Beside each figure, the floor: a bare uvloop process
+CPU (utime + stime from /proc, of its process and any children: uvicorn's
+workers) is divided by the deliveries the subscribers saw (it includes the REST
+posts). Beside each figure, the floor: a bare uvloop process
 (bench.barewrite) doing the same number of ``transport.write`` calls (the server's
 aicq_ws_writes_total) of the same frame bytes (as many frames per write as the
 hub coalesced), at the same pace, to as many sockets of this load client.
@@ -40,6 +41,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,9 +56,10 @@ from aicq import signing
 from aicq.protocol import text_frame
 from bench.common import (
     cpu_seconds,
-    cpu_split,
+    family_cpu,
     percentile,
     py_spy,
+    raise_fd_limit,
     rss_bytes,
     servers,
     summarise_profile,
@@ -121,8 +124,9 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     await asyncio.sleep(1)  # let subscribe bookkeeping settle before measuring
     histograms_before = [delivery_histogram(url) for url, _, _ in urls_ports]
     writes_before = sum(counter(url, "aicq_ws_writes_total") for url, _, _ in urls_ports)
-    cpu_before = [cpu_seconds(pid) for _, _, pid in urls_ports]
-    split_before = [cpu_split(pid) for _, _, pid in urls_ports]
+    # Each server's process and its children: uvicorn's supervisor and its workers.
+    cpu_before = [family_cpu(pid) for _, _, pid in urls_ports]
+    client_before = time.process_time()
     frames_before = sum(s.frames for s in everyone)
     spy = py_spy(urls_ports[0][2], seconds, profile) if profile else None
     started = time.perf_counter()
@@ -136,19 +140,27 @@ async def run_fanout(urls_ports: list[tuple[str, int, int]], subscribers: int, r
     while sum(s.frames for s in everyone) < expected and time.perf_counter() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
-    cpu = [cpu_seconds(pid) - before for (_, _, pid), before in zip(urls_ports, cpu_before, strict=True)]
+    client = time.process_time() - client_before
+    used = [cpu_used(before, family_cpu(pid)) for (_, _, pid), before in zip(urls_ports, cpu_before, strict=True)]
+    split = [(sum(u for u, _ in server.values()), sum(k for _, k in server.values())) for server in used]
+    cpu = [u + k for u, k in split]
     delivered = sum(s.frames for s in everyone) - frames_before
     histograms_after = [delivery_histogram(url) for url, _, _ in urls_ports]
     writes = sum(counter(url, "aicq_ws_writes_total") for url, _, _ in urls_ports) - writes_before
     handoff = [histogram_quantile(histograms_before, histograms_after, q) for q in (0.5, 0.99)]
-    split = [tuple(a - b for a, b in zip(cpu_split(pid), before, strict=True))
-             for (_, _, pid), before in zip(urls_ports, split_before, strict=True)]
     sample = next(s.sample for s in everyone if s.sample is not None)
     for s in everyone:
         s.transport.close()
     return {"subscribers": len(everyone), "sent": sent, "delivered": delivered, "expected": sent * len(everyone),
             "seconds": elapsed, "cpu": cpu, "split": split, "latencies": latencies, "handoff": handoff,
-            "writes": writes, "publishing": publishing, "frame": text_frame(sample)}
+            "writes": writes, "publishing": publishing, "frame": text_frame(sample),
+            "processes": used, "client": client, "sessions": Counter(getattr(s, "instance", None) for s in everyone)}
+
+
+def cpu_used(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
+    """(user, system) seconds each process spent between two ``family_cpu`` readings."""
+    return {pid: (u - before.get(pid, (0.0, 0.0))[0], k - before.get(pid, (0.0, 0.0))[1])
+            for pid, (u, k) in after.items()}
 
 
 @contextmanager
@@ -303,6 +315,7 @@ def main() -> None:
     kinds = [k for k in args.idle_kinds.split(",") if k] if args.idle else []
     assert all(k in ("authenticated", "anonymous") for k in kinds), kinds
     pin = bool(args.pin and os.cpu_count() and os.cpu_count() >= 2)
+    raise_fd_limit(max(sizes + [args.idle]) + 1024)
     with servers(args.servers + len(kinds), WS_HEARTBEAT="60") as running, bare_writer(pin) as writer:
         targets = [(s.url, s.port, s.process.pid) for s in running[:args.servers]]
         fresh = running[args.servers:]

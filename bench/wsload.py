@@ -45,6 +45,8 @@ class Subscriber(asyncio.Protocol):
         self.upgraded = False
         self.frames = 0
         self.sample: bytes | None = None  # a message event's payload, when measuring
+        self.instance: str | None = None  # the server (worker) that holds the session, from its hello
+        self.retries = 0
         self.ready = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
 
@@ -67,9 +69,13 @@ class Subscriber(asyncio.Protocol):
                 return
             del self.buffer[: end + 4]
             self.upgraded = True
-            op = {"op": "subscribe", "room": self.room} if self.room else {"op": "ping"}
-            self.transport.write(masked_text_frame(orjson.dumps({**op, "ref": "s"})))  # type: ignore[union-attr]
+            self._first_op()
         self._frames()
+
+    def _first_op(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            op = {"op": "subscribe", "room": self.room} if self.room else {"op": "ping"}
+            self.transport.write(masked_text_frame(orjson.dumps({**op, "ref": "s"})))
 
     def _frames(self) -> None:
         buffer = self.buffer
@@ -102,6 +108,16 @@ class Subscriber(asyncio.Protocol):
         frame = orjson.loads(payload)
         if frame.get("type") in ("ok", "pong") and frame.get("ref") == "s" and not self.ready.done():
             self.ready.set_result(None)
+        elif frame.get("type") == "hello":
+            self.instance = frame.get("instance")
+        elif frame.get("type") == "error" and frame.get("ref") == "s" and not self.ready.done():
+            # 503: Redis did not answer within the op's budget (a loaded machine, hundreds
+            # of sessions subscribing at once); come back, as a client is told to.
+            if frame.get("code") == 503 and self.retries < 3:
+                self.retries += 1
+                asyncio.get_running_loop().call_later(0.2 * self.retries, self._first_op)
+            else:
+                self.ready.set_exception(RuntimeError(f"first op refused: {frame}"))
         elif frame.get("type") == "message" and self.measure:
             self.sample = payload
             sent = float(frame["msg"]["body"].split(" ", 1)[0])
