@@ -12,7 +12,7 @@ help:
 	@echo "make test            $(PYTHON) -m pytest"
 	@echo "make run             aicq serve on PORT=$(PORT) (embedded PostgreSQL/Redis under DATA_DIR=$(DATA_DIR))"
 	@echo "make lint            ruff check ."
-	@echo "make bench           $(PYTHON) bench/run_all.py"
+	@echo "make bench           the headline benches: REST hot path, then fan-out (each module says what it measures)"
 	@echo "make build           wheel into dist/ and import check"
 	@echo "make smoke URL=...   scripts/smoke_test.sh URL (default $(URL))"
 	@echo "make deploy          fly deploy (no tests, no build check)"
@@ -31,7 +31,8 @@ lint:
 	ruff check .
 
 bench:
-	$(PYTHON) bench/run_all.py
+	$(PYTHON) -m bench.http_post
+	$(PYTHON) -m bench.fanout
 
 build:
 	$(PYTHON) -m pip wheel --no-deps --wheel-dir dist .

@@ -239,14 +239,16 @@ def histogram_quantile(before: list[dict[float, float]], after: list[dict[float,
     return bounds[-1]
 
 
-def report(label: str, result: dict, floor_us: tuple[float, int]) -> None:
+def report(label: str, result: dict, floor_us: tuple[float, int] | None = None) -> None:
+    """One scenario's line; ``floor_us`` (bare-write CPU per delivery, frames per write)
+    when it was measured."""
     cpu_total = sum(result["cpu"])
     per_delivery = cpu_total / max(1, result["delivered"]) * 1e6
     ms = [v * 1000 for v in result["latencies"]]
+    floor = f"; floor {floor_us[0]:4.2f} µs/delivery, bare writes of {floor_us[1]} frame(s)" if floor_us else ""
     print(f"{label}: N={result['subscribers']:>5}  posted {result['sent']:>5}  delivered "
           f"{result['delivered']:>8}/{result['expected']:<8}  {result['delivered'] / result['seconds']:>9,.0f} deliveries/s  "
-          f"server CPU {per_delivery:5.2f} µs/delivery ({', '.join(f'{c:.2f}s' for c in result['cpu'])}; "
-          f"floor {floor_us[0]:4.2f} µs/delivery, bare writes of {floor_us[1]} frame(s))  "
+          f"server CPU {per_delivery:5.2f} µs/delivery ({', '.join(f'{c:.2f}s' for c in result['cpu'])}{floor})  "
           f"latency p50 {percentile(ms, 0.5):.1f} ms p99 {percentile(ms, 0.99):.1f} ms  "
           f"(server publish→hand-off p50 ≤{result['handoff'][0] * 1000:g} ms p99 ≤{result['handoff'][1] * 1000:g} ms)  "
           f"[user/system: {', '.join(f'{u:.2f}/{k:.2f}s' for u, k in result['split'])}]", flush=True)
