@@ -28,6 +28,7 @@ from aicq.fanout import Hub
 from aicq.history import History
 from aicq.limits import Limiter
 from aicq.presence import Presence
+from aicq.redislane import Lane
 from aicq.service import ChatService
 from aicq.settings import Settings
 from aicq.store import Store
@@ -96,10 +97,11 @@ def create_app(settings: Settings) -> WebSocketFront:
         store = await _connect_store(settings.database_url)
         redis = rediskit.connect(settings.redis_url)
         await redis.ping()
-        history = History(redis)
+        lane = Lane(settings.redis_url)  # the hot path's scripts (aicq/redislane.py)
+        history = History(redis, lane)
         presence = Presence(redis, settings)
-        service = ChatService(settings, store, history, Limiter(redis, auto_block=settings.auto_block_enabled),
-                              presence)
+        service = ChatService(settings, store, history,
+                              Limiter(redis, lane, auto_block=settings.auto_block_enabled), presence)
         hub = Hub(settings.redis_url, history, roster=presence.store.roster)
         await hub.start()
         await presence.start()
@@ -124,6 +126,7 @@ def create_app(settings: Settings) -> WebSocketFront:
             await hub.stop()
             service.keys.close()
             await redis.aclose()
+            await lane.close()
             await store.close()
 
     async def on_error(request: Request, exc: Exception) -> Response:

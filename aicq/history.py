@@ -43,6 +43,7 @@ from aicq.limits import ADMITTED, Admission
 from aicq.mentions import RECORD_MENTION_LUA
 from aicq.models import DirectMessage, Message, public_json, spliced
 from aicq.rediskit import timed
+from aicq.redislane import Lane
 from aicq.validation import is_ulid, ulid_ms
 from aicq.webhooks.queue import ENQUEUE_LUA
 
@@ -416,12 +417,13 @@ class Page:
 
 
 class History:
-    def __init__(self, redis: aioredis.Redis):
+    def __init__(self, redis: aioredis.Redis, lane: Lane):
         self.redis = redis
-        self._append = redis.register_script(_APPEND)
+        # What every request runs goes over the lane: a page, and the append.
+        self._append = lane.script(_APPEND)
         self._find = redis.register_script(_FIND)
         self._delete = redis.register_script(_DELETE)
-        self._before = redis.register_script(_BEFORE)
+        self._before = lane.script(_BEFORE)
         self._after = redis.register_script(_AFTER)
         self._search = redis.register_script(_SEARCH)
         self._dm = redis.register_script(_DM)

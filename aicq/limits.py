@@ -34,6 +34,7 @@ from aicq import metrics, rediskit
 from aicq.auth import NONCE_TTL_S, NONCE_USED, nonce_key
 from aicq.errors import Blocked, RateLimited, Unauthorized
 from aicq.rediskit import timed
+from aicq.redislane import Lane
 
 log = logging.getLogger("aicq.security")
 
@@ -249,10 +250,10 @@ def blocked_key(ip: str) -> str:
 
 
 class Limiter:
-    def __init__(self, redis: aioredis.Redis, *, auto_block: bool):
+    def __init__(self, redis: aioredis.Redis, lane: Lane, *, auto_block: bool):
         self.redis = redis
         self.auto_block = auto_block
-        self._admit = redis.register_script(_ADMIT)
+        self._admit = lane.script(_ADMIT)  # every request's: over the lane
         self._violation = redis.register_script(_VIOLATION)
         self._refusal = redis.register_script(_REFUSAL)
 

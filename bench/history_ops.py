@@ -40,6 +40,7 @@ from ulid import ULID
 from aicq import protocol, signing, validation
 from aicq.history import History, index_key, messages_key, word_key
 from aicq.models import Message
+from aicq.redislane import Lane
 from bench.common import percentile, servers
 
 FILL_BATCH = 1000
@@ -172,7 +173,7 @@ async def cleanup(redis: aioredis.Redis, room: Room) -> None:
 
 async def run(redis_url: str, base_url: str | None, sizes: list[int], runs: int) -> dict[int, dict[str, Figure]]:
     redis = aioredis.Redis.from_url(redis_url)
-    history = History(redis)
+    history = History(redis, Lane(redis_url))
     results: dict[int, dict[str, Figure]] = {}
     http = httpx.AsyncClient(base_url=base_url, timeout=30) if base_url else None
     try:

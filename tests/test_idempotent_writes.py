@@ -20,6 +20,7 @@ from aicq.errors import RateLimited, Unauthorized
 from aicq.history import History, messages_key
 from aicq.limits import BYTE_BUDGET, LIMITS, Admission, Limiter, violation_step
 from aicq.models import Message, spliced
+from aicq.redislane import Lane
 from tests.helpers import RedisProcess, random_ip
 from tests.proxy import FaultyProxy
 
@@ -75,10 +76,14 @@ async def _warmed(history: History, limiter: Limiter) -> None:
 
 
 @pytest.fixture
-async def stores(redis: aioredis.Redis) -> tuple[History, Limiter]:
-    history, limiter = History(redis), Limiter(redis, auto_block=True)
+async def stores(redis: aioredis.Redis, proxy: FaultyProxy) -> AsyncIterator[tuple[History, Limiter]]:
+    lane = Lane(proxy.url)  # through the proxy too: its lost replies are the point
+    history, limiter = History(redis, lane), Limiter(redis, lane, auto_block=True)
     await _warmed(history, limiter)
-    return history, limiter
+    try:
+        yield history, limiter
+    finally:
+        await lane.close()
 
 
 async def test_a_nonce_claim_retried_after_a_lost_reply_still_wins(stores, proxy: FaultyProxy) -> None:
