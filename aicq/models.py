@@ -97,8 +97,8 @@ class Message:
 
 
 # The layout ``Message.to_redis`` writes: {"id":"<26>","room_id":"<36>","from":…,"ts":n}
-_ROOM_ID_FIELD = slice(34, 46), b',"room_id":"'
-_AFTER_ROOM_ID = slice(82, 84), b'",'
+_ROOM_ID_AT, _ROOM_ID_FIELD = 34, b',"room_id":"'
+_ROOM_ID_END = _ROOM_ID_AT + len(_ROOM_ID_FIELD) + 36  # the closing quote
 _TS_FIELD = b'"ts":'
 
 
@@ -110,11 +110,11 @@ def public_json(member: bytes) -> tuple[bytes, int] | None:
     decoded and encoded again; another (the Go server's, say) goes through ``Message``.
     The last ``"ts":`` of a member is its ts field: inside a body, quotes are escaped.
     """
-    (where, room_id), (after, closing) = _ROOM_ID_FIELD, _AFTER_ROOM_ID
-    if member[where] == room_id and member[after] == closing and member.endswith(b"}"):
+    if member.startswith(_ROOM_ID_FIELD, _ROOM_ID_AT) and member.startswith(b'",', _ROOM_ID_END) \
+            and member.endswith(b"}"):
         digits = member[member.rfind(_TS_FIELD) + len(_TS_FIELD):-1]
         if digits.isdigit():
-            return member[:where.start] + member[after.start + 1:], int(digits)
+            return member[:_ROOM_ID_AT] + member[_ROOM_ID_END + 1:], int(digits)
     try:
         message = Message.from_redis(orjson.loads(member))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
