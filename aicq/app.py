@@ -18,7 +18,7 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from aicq import migrate, rediskit
+from aicq import migrate, rediskit, shutdown
 from aicq.edge import notifications, rest, session, sse, web
 from aicq.edge.connections import SessionSlots
 from aicq.edge.middleware import HttpObservability
@@ -116,7 +116,7 @@ def create_app(settings: Settings) -> WebSocketFront:
         try:
             yield
         finally:
-            counts.cancel()
+            await shutdown.cancel_and_wait(counts)
             # Sessions are closed by now (uvicorn sent them 1012): let them leave the hub.
             await sessions.stop(timeout=5)
             await presence.stop()

@@ -12,6 +12,7 @@ from aicq import server_key
 from aicq.server_key import ServerKey
 from aicq.service import ChatService
 from aicq.settings import Settings
+from aicq.shutdown import cancel_and_wait
 from aicq.store import Store
 from aicq.webhooks.registry import Registry
 from aicq.webhooks.sender import Sender
@@ -52,8 +53,7 @@ class Webhooks:
         return self
 
     async def stop(self) -> None:
-        if self._sync is not None:
-            self._sync.cancel()
+        await cancel_and_wait(self._sync)
         await self.worker.stop()
         await self._sender.aclose()
         await self._worker_redis.aclose()

@@ -42,6 +42,7 @@ from aicq.errors import AICQError
 from aicq.models import rfc3339
 from aicq.rediskit import timed
 from aicq.settings import Settings
+from aicq.shutdown import cancel_and_wait
 from aicq.webhooks.model import Webhook
 from aicq.webhooks.parking import Parking
 from aicq.webhooks.queue import DeliveryQueue, Entry
@@ -124,14 +125,10 @@ class DeliveryWorker:
         """Stop reading; let attempts in flight finish for a moment. An entry still held
         after that is abandoned: it stays pending, and another instance takes it over
         once its claim goes stale."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         if self._held:
             await asyncio.wait(list(self._held.values()), timeout=STOP_GRACE_S)
-        for task in list(self._held.values()):
-            task.cancel()
-        await asyncio.gather(*self._held.values(), return_exceptions=True)
+        await cancel_and_wait(*self._held.values())
 
     # Reading
 
