@@ -114,23 +114,25 @@ def create_app(settings: Settings) -> WebSocketFront:
         base = _base_url(settings)
         log.info("AICQ ready: viewer %s/ and docs %s/docs (listening on %s:%s, instance %s)",
                  base, base, settings.host, settings.port, settings.instance)
-        try:
-            yield
-        finally:
-            # uvicorn has drained the connections (every session was sent 1012);
-            # the rest gets shutdown.STOP_S, whatever hangs.
-            steps = shutdown.Steps()
-            # Attempts in flight finish meanwhile; the worker holds on to the stores till then.
-            delivering = asyncio.create_task(webhooks.stop(grace=min(STOP_GRACE_S, steps.remaining() / 2)),
-                                             name="aicq-webhooks-stop")
-            await steps.run("message counts", shutdown.cancel_and_wait(counts))
-            await steps.run("sessions", sessions.stop(timeout=steps.remaining() / 2))  # leave the hub
-            await steps.run("presence", presence.stop())
-            await steps.run("webhooks", delivering)
-            await steps.run("hub", hub.stop())
-            service.keys.close()
-            await steps.run("redis", redis.aclose())
-            await steps.run("store", store.close())
+        watchdog = shutdown.Watchdog(shutdown.drain_s(settings.shutdown_timeout))
+        with shutdown.armed_on_signals(watchdog):
+            try:
+                yield
+            finally:
+                # uvicorn has drained the connections (every session was sent 1012);
+                # the rest gets shutdown.STOP_S, whatever hangs.
+                steps = shutdown.Steps()
+                # Attempts in flight finish meanwhile; the worker holds on to the stores till then.
+                delivering = asyncio.create_task(webhooks.stop(grace=min(STOP_GRACE_S, steps.remaining() / 2)),
+                                                 name="aicq-webhooks-stop")
+                await steps.run("message counts", shutdown.cancel_and_wait(counts))
+                await steps.run("sessions", sessions.stop(timeout=steps.remaining() / 2))  # leave the hub
+                await steps.run("presence", presence.stop())
+                await steps.run("webhooks", delivering)
+                await steps.run("hub", hub.stop())
+                service.keys.close()
+                await steps.run("redis", redis.aclose())
+                await steps.run("store", store.close())
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException):

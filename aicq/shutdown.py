@@ -1,8 +1,8 @@
-"""The shutdown, bounded: SIGTERM must end the process, whatever hangs.
+"""The drain budget: after SIGTERM the process exits within ``drain_s``, whatever hangs.
 
-uvicorn first drains connections for up to ``Settings.shutdown_timeout`` (sessions get
-1012, streams and long-polls end, requests finish), then runs the lifespan's shutdown.
-Only the first part bounds itself, so:
+uvicorn first drains connections for up to ``Settings.shutdown_timeout`` (sessions get 1012,
+streams and long-polls end, requests finish), then runs the lifespan's shutdown,
+then asyncio and the interpreter wind down. Only the first part bounds itself, so:
 
 - ``cancel_and_wait`` cancels background tasks and waits for them, bounded, and
   cancels again while one runs on. One ``cancel()`` is not enough on Python 3.11:
@@ -12,22 +12,36 @@ Only the first part bounds itself, so:
   Presence's keeper did, and SIGTERM never ended the process.
 - ``Steps`` runs the lifespan's shutdown in order within ``STOP_S``: a step that
   overruns is logged with where it is stuck, abandoned, and the next one runs.
+- ``Watchdog``, armed by SIGTERM (``armed_on_signals``), ends the process from a
+  thread of its own if it still runs when the budget is spent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import io
 import logging
-from collections.abc import Awaitable
+import os
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger("aicq")
 
 STOP_S = 3.5  # the lifespan's shutdown, every step together...
 STEP_FLOOR_S = 0.1  # ...though a step still gets this much once it is spent (closing a pool takes ms)
+AFTER_DRAIN_S = 5.0  # STOP_S, a few floors, then asyncio's and the interpreter's own exit
 TASK_STOP_S = 1.0  # a background task's time to end once cancelled
 RECANCEL_S = 0.05  # cancel again this often while a task runs on
+
+
+def drain_s(shutdown_timeout: float) -> float:
+    """From SIGTERM to exit, at most: uvicorn's drain, then everything after it."""
+    return shutdown_timeout + AFTER_DRAIN_S
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None, timeout: float = TASK_STOP_S) -> bool:
@@ -77,3 +91,59 @@ def _stack(task: asyncio.Task[Any]) -> str:
     out = io.StringIO()
     task.print_stack(file=out)
     return out.getvalue()
+
+
+class Watchdog:
+    """Ends the process ``seconds`` after ``arm()``, unless it exited by then."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Timer(self.seconds, self._expire)
+            self._timer.daemon = True  # never what keeps the process alive
+            self._timer.start()
+
+    def _expire(self) -> None:
+        log.error("shutdown overran its %g s budget: exiting now; the threads were at:", self.seconds)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        try:
+            faulthandler.dump_traceback(file=sys.stdout, all_threads=True)
+        except (AttributeError, ValueError, OSError):  # stdout is not a real file
+            pass
+        os._exit(1)
+
+
+@contextmanager
+def armed_on_signals(watchdog: Watchdog) -> Iterator[None]:
+    """Within this block, SIGTERM and SIGINT arm ``watchdog`` and then go to the handler
+    in place: uvicorn's, which starts the drain (uvicorn installs it in the main thread
+    before the lifespan starts). The watchdog stays armed after the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    chained: dict[int, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if callable(previous):
+            chained[signum] = handler = _arming(watchdog, previous)
+            signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, handler in chained.items():
+            if signal.getsignal(signum) is handler:  # nobody replaced it meanwhile
+                signal.signal(signum, handler.previous)
+
+
+def _arming(watchdog: Watchdog, previous: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+    def handler(signum: int, frame: Any) -> None:
+        watchdog.arm()
+        previous(signum, frame)
+
+    handler.previous = previous  # type: ignore[attr-defined]
+    return handler

@@ -1,11 +1,13 @@
-"""SIGTERM ends the process, whatever it is doing (shutdown.py): a rolling deploy must
-never wait for SIGKILL."""
+"""SIGTERM ends the process within the drain budget, whatever it is doing (shutdown.py):
+a rolling deploy must never wait for SIGKILL."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -17,7 +19,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from aicq import shutdown
-from tests.helpers import free_port, new_agent, recv_json, recv_until
+from tests.helpers import REPO, free_port, new_agent, recv_json, recv_until
 from tests.sse_support import sse
 
 # Far below the drain budget (30 s): nothing here waits for a request to drain.
@@ -94,6 +96,35 @@ async def test_steps_share_one_deadline_and_name_the_one_that_hangs(caplog: pyte
     await steps.run("last", quick("last"))  # still runs: a floor of its own
     assert time.monotonic() - started < 2 and ran == ["first", "last"]
     assert "shutdown: stuck did not finish in time" in caplog.text
+
+
+# The watchdog
+
+_HANGS_ON_SIGTERM = """
+import signal, sys, time
+from aicq import shutdown
+signal.signal(signal.SIGTERM, lambda *_: None)  # stands for uvicorn's: starts a drain that hangs
+with shutdown.armed_on_signals(shutdown.Watchdog(0.5)):
+    print("ready", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_watchdog_ends_a_process_whose_shutdown_hangs() -> None:
+    process = subprocess.Popen([sys.executable, "-c", _HANGS_ON_SIGTERM], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        time.sleep(1)  # not armed until a signal: still running
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 1
+        out = process.stdout.read()
+        assert "shutdown overran its 0.5 s budget" in out and 'File "<string>", line 7' in out  # where it hung
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 # Real servers
