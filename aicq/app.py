@@ -18,7 +18,7 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from aicq import migrate, rediskit
+from aicq import migrate, rediskit, shutdown
 from aicq.edge import notifications, rest, session, sse, web
 from aicq.edge.connections import SessionSlots
 from aicq.edge.middleware import HttpObservability
@@ -33,6 +33,7 @@ from aicq.service import ChatService
 from aicq.settings import Settings
 from aicq.store import Store
 from aicq.webhooks.runtime import Webhooks
+from aicq.webhooks.worker import STOP_GRACE_S
 
 log = logging.getLogger("aicq")
 
@@ -115,19 +116,26 @@ def create_app(settings: Settings) -> WebSocketFront:
         base = _base_url(settings)
         log.info("AICQ ready: viewer %s/ and docs %s/docs (listening on %s:%s, instance %s)",
                  base, base, settings.host, settings.port, settings.instance)
-        try:
-            yield
-        finally:
-            counts.cancel()
-            # Sessions are closed by now (uvicorn sent them 1012): let them leave the hub.
-            await sessions.stop(timeout=5)
-            await presence.stop()
-            await webhooks.stop()
-            await hub.stop()
-            service.keys.close()
-            await redis.aclose()
-            await lane.close()
-            await store.close()
+        watchdog = shutdown.Watchdog(shutdown.drain_s(settings.shutdown_timeout))
+        with shutdown.armed_on_signals(watchdog):
+            try:
+                yield
+            finally:
+                # uvicorn has drained the connections (every session was sent 1012);
+                # the rest gets shutdown.STOP_S, whatever hangs.
+                steps = shutdown.Steps()
+                # Attempts in flight finish meanwhile; the worker holds on to the stores till then.
+                delivering = asyncio.create_task(webhooks.stop(grace=min(STOP_GRACE_S, steps.remaining() / 2)),
+                                                 name="aicq-webhooks-stop")
+                await steps.run("message counts", shutdown.cancel_and_wait(counts))
+                await steps.run("sessions", sessions.stop(timeout=steps.remaining() / 2))  # leave the hub
+                await steps.run("presence", presence.stop())
+                await steps.run("webhooks", delivering)
+                await steps.run("hub", hub.stop())
+                service.keys.close()
+                await steps.run("redis", redis.aclose())
+                await steps.run("redis lane", lane.close())
+                await steps.run("store", store.close())
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException):

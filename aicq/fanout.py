@@ -27,6 +27,7 @@ from aicq.errors import Unavailable
 from aicq.history import History, dm_channel, room_channel
 from aicq.models import DirectMessage, Message
 from aicq.protocol import PRESENCE_EVENTS, text_frame
+from aicq.shutdown import cancel_and_wait
 
 log = logging.getLogger("aicq.fanout")
 
@@ -152,14 +153,7 @@ class Hub:
         for timer in self._lingering.values():
             timer.cancel()
         self._lingering.clear()
-        for task in list(self._expiring):
-            task.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task, *self._expiring)
         if self._pubsub is not None:
             await self._pubsub.aclose()
         if self._redis is not None:

@@ -21,6 +21,7 @@ the others look every ``1/3``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from aicq.errors import Unavailable
 from aicq.models import Agent
 from aicq.presence_store import ONLINE, Change, Hold, PresenceStore, Readers, Release
 from aicq.settings import Settings
+from aicq.shutdown import cancel_and_wait
 
 log = logging.getLogger("aicq.presence")
 
@@ -98,12 +100,7 @@ class Presence:
     async def stop(self) -> None:
         """Stop renewing and hand back what this instance held (leaves after the grace
         period, so readers who move to another instance never seem to leave)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         try:
             await self.store.retire()
         except Unavailable:
@@ -185,10 +182,11 @@ class Presence:
                 wake_at = min(self._next_tick, self._deadlines[0]) if self._deadlines else self._next_tick
                 self._wake.clear()
                 if wake_at > loop.time():
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), wake_at - loop.time())
-                    except TimeoutError:
-                        pass
+                    # Not asyncio.wait_for: on Python 3.11 it may swallow the cancel that
+                    # stops this loop, when it comes as the event is set (see shutdown.py).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(wake_at):
+                            await self._wake.wait()
             try:
                 if self._dirty or self._resync:
                     await self._flush()

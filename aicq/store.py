@@ -9,6 +9,7 @@ same unknown id or name again and again does not reach the database each time.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,8 @@ from aicq.errors import Unavailable
 from aicq.models import Agent, Room
 
 T = TypeVar("T")
+
+CLOSE_TIMEOUT_S = 1.0  # at shutdown, for queries still running to end
 
 # How long "no such room" is believed. An id nobody has created cannot appear (ids
 # are random), so its answer keeps; a name can be created at any moment, on any
@@ -63,8 +66,13 @@ class Store:
         )
         return cls(pool, hashlib.sha256(url.encode()).hexdigest()[:16])
 
-    async def close(self) -> None:
-        await self.pool.close()
+    async def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the pool once its connections are back (asyncpg would wait for ever);
+        after ``timeout``, drop them, cutting off whatever still runs on one."""
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout)
+        except TimeoutError:
+            self.pool.terminate()
 
     async def _run(self, query: Callable[[asyncpg.Connection], Awaitable[T]], *, idempotent: bool = True) -> T:
         """Run one query, timing it; a lost database becomes a clean 503.

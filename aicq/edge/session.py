@@ -15,7 +15,6 @@ with ``since``: one slow reader never slows the hub or its neighbours.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -34,6 +33,7 @@ from aicq.fanout import Event, Hub
 from aicq.models import Room
 from aicq.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, text_frame
 from aicq.service import Caller, ChatService, ReplayAllowance
+from aicq.shutdown import cancel_and_wait
 
 log = logging.getLogger("aicq.session")
 
@@ -74,10 +74,7 @@ class Registry:
 
     async def stop(self, timeout: float) -> None:
         """Stop the heartbeat; wait (bounded) until every closed session is released."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
         if self.sessions:
             self._emptied = asyncio.get_running_loop().create_future()
             try:

@@ -12,11 +12,12 @@ from aicq import server_key
 from aicq.server_key import ServerKey
 from aicq.service import ChatService
 from aicq.settings import Settings
+from aicq.shutdown import cancel_and_wait
 from aicq.store import Store
 from aicq.webhooks.registry import Registry
 from aicq.webhooks.sender import Sender
 from aicq.webhooks.store import WebhookStore
-from aicq.webhooks.worker import DeliveryWorker
+from aicq.webhooks.worker import STOP_GRACE_S, DeliveryWorker
 
 log = logging.getLogger("aicq.webhooks")
 
@@ -51,10 +52,10 @@ class Webhooks:
         log.info("webhooks ready: %d endpoints listed, signing key %s", listed, key.public_key)
         return self
 
-    async def stop(self) -> None:
-        if self._sync is not None:
-            self._sync.cancel()
-        await self.worker.stop()
+    async def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Stop the re-listing and the worker (attempts in flight get ``grace`` seconds)."""
+        await cancel_and_wait(self._sync)
+        await self.worker.stop(grace)
         await self._sender.aclose()
         await self._worker_redis.aclose()
 

@@ -42,6 +42,7 @@ from aicq.errors import AICQError
 from aicq.models import rfc3339
 from aicq.rediskit import timed
 from aicq.settings import Settings
+from aicq.shutdown import cancel_and_wait
 from aicq.webhooks.model import Webhook
 from aicq.webhooks.parking import Parking
 from aicq.webhooks.queue import DeliveryQueue, Entry
@@ -65,7 +66,7 @@ EXPANDING = 2
 SWEEP_SAMPLE = 32  # endpoints with parked deliveries looked at per tick
 GAUGE_EVERY_S = 2.0
 PRUNE_EVERY_S = 600.0
-STOP_GRACE_S = 5.0
+STOP_GRACE_S = 2.0  # within the shutdown's budget (shutdown.STOP_S)
 INTERRUPTED_LOG_S = 5.0
 
 
@@ -120,18 +121,14 @@ class DeliveryWorker:
         self._tasks = [asyncio.create_task(self._consume(), name="aicq-webhooks-consume"),
                        asyncio.create_task(self._maintain(), name="aicq-webhooks-maintain")]
 
-    async def stop(self) -> None:
-        """Stop reading; let attempts in flight finish for a moment. An entry still held
-        after that is abandoned: it stays pending, and another instance takes it over
-        once its claim goes stale."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Stop reading; let attempts in flight finish for ``grace`` seconds at most. An
+        entry still held after that is abandoned: it stays pending, and another instance
+        takes it over once its claim goes stale."""
+        await cancel_and_wait(*self._tasks)
         if self._held:
-            await asyncio.wait(list(self._held.values()), timeout=STOP_GRACE_S)
-        for task in list(self._held.values()):
-            task.cancel()
-        await asyncio.gather(*self._held.values(), return_exceptions=True)
+            await asyncio.wait(list(self._held.values()), timeout=grace)
+        await cancel_and_wait(*self._held.values())
 
     # Reading
 
