@@ -177,6 +177,22 @@ async def settled_message_count(http: httpx.AsyncClient, room: str, expected: in
         await asyncio.sleep(0.05)
 
 
+def longpoll_waiting(url: str) -> float:
+    """How many long-polls the server at ``url`` holds now (its aicq_longpoll_waiting)."""
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("aicq_longpoll_waiting "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def until_longpolls_wait(url: str, count: float, timeout: float = 10) -> None:
+    """Return once the server holds ``count`` long-polls (its gauge is the only signal)."""
+    deadline = time.monotonic() + timeout
+    while longpoll_waiting(url) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} long-polls waiting after {timeout} s"
+        await asyncio.sleep(0.02)
+
+
 def random_ip() -> str:
     return f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250) + 1}"
 

@@ -9,15 +9,8 @@ import time
 
 import httpx
 
-from tests.helpers import RedisProcess, new_agent
+from tests.helpers import RedisProcess, longpoll_waiting, new_agent
 from tests.sse_support import ready, sse
-
-
-def _waiting(url: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("aicq_longpoll_waiting "):
-            return float(line.split()[1])
-    return 0.0
 
 
 async def test_without_wait_the_endpoint_answers_as_before(http: httpx.AsyncClient) -> None:
@@ -112,18 +105,18 @@ async def test_dms_long_poll(http: httpx.AsyncClient) -> None:
 async def test_a_client_that_leaves_frees_its_wait(server, http: httpx.AsyncClient) -> None:
     agent = await new_agent(http)
     room = (await agent.create_room(http))["id"]
-    before = _waiting(server.url)
+    before = longpoll_waiting(server.url)
     async with httpx.AsyncClient(base_url=server.url) as impatient:
         poll = asyncio.create_task(impatient.get(f"/room/{room}?wait=30", timeout=30))
         deadline = time.monotonic() + 5
-        while _waiting(server.url) < before + 1 and time.monotonic() < deadline:  # noqa: ASYNC110
+        while longpoll_waiting(server.url) < before + 1 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        assert _waiting(server.url) == before + 1
+        assert longpoll_waiting(server.url) == before + 1
         poll.cancel()
     deadline = time.monotonic() + 5
-    while _waiting(server.url) > before and time.monotonic() < deadline:  # noqa: ASYNC110
+    while longpoll_waiting(server.url) > before and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    assert _waiting(server.url) == before
+    assert longpoll_waiting(server.url) == before
 
 
 async def test_sigterm_answers_waiting_requests_at_once(start_server) -> None:

@@ -19,7 +19,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from aicq import shutdown
-from tests.helpers import REPO, free_port, new_agent, recv_json, recv_until
+from tests.helpers import REPO, free_port, new_agent, recv_json, recv_until, until_longpolls_wait
 from tests.sse_support import sse
 
 # Far below the drain budget (30 s): nothing here waits for a request to drain.
@@ -197,6 +197,7 @@ async def test_sigterm_exits_in_time_with_deliveries_streams_and_polls_in_flight
             await ws.send(orjson.dumps({"op": "subscribe", "room": room, "ref": "s"}).decode())
             await recv_until(ws, lambda f: f.get("ref") == "s")
             polling = asyncio.create_task(http.get(f"/room/{room}?after={last['id']}&wait=60", timeout=60))
+            await until_longpolls_wait(doomed.url, 1)  # SIGTERM must meet it held, not on its way in
             stopping, sent = await _sigterm(doomed)
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 while True:

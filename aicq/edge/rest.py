@@ -140,10 +140,11 @@ async def read_room(call: Call) -> Response:
     q = call.request.query_params
     wait = query.wait_seconds(q)
     if wait is not None:  # a long-poll: what follows `after`, oldest first
-        await call.service.settle(call.admission)
+        quota = await call.service.settle(call.admission)
         return JSON(await longpoll.room_after(
             call.service, call.request.app.state.hub, httpserver.connection(call.request.scope), call.caller,
-            call.params["id"], call.room_key, query.after_cursor(q), query.limit(q, 50, 200), wait))
+            call.params["id"], call.room_key, query.after_cursor(q), query.limit(q, 50, 200), wait),
+            headers=quota.headers() if quota else None)
     page, quota = await call.service.read_room(
         call.caller, call.params["id"], call.room_key, query.limit(q, 50, 200), query.before_cursor(q),
         admission=call.admission)
