@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -45,16 +46,17 @@ def _other_database(redis_url: str) -> str:
     return urlunsplit(parts._replace(path="/0" if current != "0" else "/1"))
 
 
-@pytest.fixture(scope="session")
-def start_server(stores: tuple[str, str]) -> Iterator[ServerFactory]:
-    """Start `aicq serve` processes on this run's stores; all stopped at the end."""
-    started: list[ServerProcess] = []
-    database_url, redis_url = stores
+class Servers:
+    """Starts `aicq serve` processes on this run's stores, and stops the ones it started."""
 
-    def start(port: int | None = None, **env: str) -> ServerProcess:
+    def __init__(self, stores: tuple[str, str]):
+        self.database_url, self.redis_url = stores
+        self.started: list[ServerProcess] = []
+
+    def start(self, port: int | None = None, **env: str) -> ServerProcess:
         environment = {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
             "DATA_DIR": str(LOG_DIR / "data"),
             "RATE_LIMIT_WHITELIST": "127.0.0.1",
             "LOG_LEVEL": "info",
@@ -69,28 +71,57 @@ def start_server(stores: tuple[str, str]) -> Iterator[ServerFactory]:
         if environment.get("ENV") == "production" and "REDIS_URL" not in env:
             # Production refuses http webhook URLs: such a server must not take the other
             # test servers' deliveries, so it gets a Redis database (and stream) of its own.
-            environment["REDIS_URL"] = _other_database(redis_url)
-        server = ServerProcess(environment, LOG_DIR / f"server-{len(started)}.log")
+            environment["REDIS_URL"] = _other_database(self.redis_url)
+        server = ServerProcess(environment, LOG_DIR / f"server-{next(_SERVER_NUMBERS)}.log")
         if port is not None:
             server.port = port
-        started.append(server)
+        self.started.append(server)
         return server.start()
 
-    yield start
-    for server in started:
-        server.stop()
+    def stop(self) -> None:
+        for server in self.started:
+            server.stop()
+
+
+_SERVER_NUMBERS = itertools.count()
+
+
+# A server lives as long as the scope that started it: each holds PostgreSQL
+# connections, and a run's servers all alive at once would pass the 100 a stock
+# PostgreSQL allows.
+@pytest.fixture(scope="session")
+def _session_servers(stores: tuple[str, str]) -> Iterator[Servers]:
+    servers = Servers(stores)
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(stores: tuple[str, str]) -> Iterator[ServerFactory]:
+    """Start `aicq serve` processes that live until the module's last test is done."""
+    servers = Servers(stores)
+    yield servers.start
+    servers.stop()
+
+
+@pytest.fixture
+def start_server(stores: tuple[str, str]) -> Iterator[ServerFactory]:
+    """Start `aicq serve` processes that live until the test is done."""
+    servers = Servers(stores)
+    yield servers.start
+    servers.stop()
 
 
 @pytest.fixture(scope="session")
-def server(start_server: ServerFactory) -> ServerProcess:
+def server(_session_servers: Servers) -> ServerProcess:
     """The shared server: loopback is whitelisted, so functional tests meet no limits."""
-    return start_server()
+    return _session_servers.start()
 
 
 @pytest.fixture(scope="session")
-def limited_server(start_server: ServerFactory) -> ServerProcess:
+def limited_server(_session_servers: Servers) -> ServerProcess:
     """A server that enforces limits; tests pick their own client IP via X-Test-Client-IP."""
-    return start_server(RATE_LIMIT_WHITELIST="", CLIENT_IP_HEADER="X-Test-Client-IP")
+    return _session_servers.start(RATE_LIMIT_WHITELIST="", CLIENT_IP_HEADER="X-Test-Client-IP")
 
 
 @pytest.fixture

@@ -110,9 +110,9 @@ async def test_registration_from_one_ipv6_64_is_one_client(limited_server) -> No
 
 
 @pytest.fixture(scope="module")
-def proxied_server(start_server):
+def proxied_server(start_module_server):
     """Behind a proxy that appends the peer to X-Forwarded-For; three sessions per client."""
-    server = start_server(CLIENT_IP_HEADER="X-Forwarded-For", RATE_LIMIT_WHITELIST="", MAX_SESSIONS_PER_IP="3")
+    server = start_module_server(CLIENT_IP_HEADER="X-Forwarded-For", RATE_LIMIT_WHITELIST="", MAX_SESSIONS_PER_IP="3")
     yield server
     server.stop()
 

@@ -18,8 +18,8 @@ GRACE_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def presence_server(start_server) -> ServerProcess:
-    return start_server(PRESENCE_TTL="3", PRESENCE_GRACE=str(int(GRACE_S)))
+def presence_server(start_module_server) -> ServerProcess:
+    return start_module_server(PRESENCE_TTL="3", PRESENCE_GRACE=str(int(GRACE_S)))
 
 
 @pytest.fixture

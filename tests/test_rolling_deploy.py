@@ -84,9 +84,9 @@ class Rehearsal:
 
 
 @pytest.fixture(scope="module")
-async def rehearsal(start_server) -> Rehearsal:
-    a: ServerProcess = start_server(FLY_ALLOC_ID=A)
-    b: ServerProcess = start_server(FLY_ALLOC_ID=B)
+async def rehearsal(start_module_server) -> Rehearsal:
+    a: ServerProcess = start_module_server(FLY_ALLOC_ID=A)
+    b: ServerProcess = start_module_server(FLY_ALLOC_ID=B)
     run = Rehearsal(Outage(a, Way.STOPPED))
     async with AsyncExitStack() as stack:
         to_a = await stack.enter_async_context(httpx.AsyncClient(base_url=a.url, timeout=10))

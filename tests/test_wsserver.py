@@ -19,8 +19,8 @@ SLACK_S = 0.75  # a loaded CI machine's timer and scheduling delays
 
 
 @pytest.fixture(scope="module")
-def heartbeat_server(start_server) -> ServerProcess:
-    return start_server(WS_HEARTBEAT=str(int(HEARTBEAT_S)))
+def heartbeat_server(start_module_server) -> ServerProcess:
+    return start_module_server(WS_HEARTBEAT=str(int(HEARTBEAT_S)))
 
 
 async def _hello(session: RawSession) -> dict:

@@ -24,8 +24,8 @@ LIVE_MS = 3000  # a presence change on screen within this (leaves wait out the 1
 
 
 @pytest.fixture(scope="module")
-def presence_server(start_server) -> ServerProcess:
-    return start_server(PRESENCE_TTL="3", PRESENCE_GRACE="1")
+def presence_server(start_module_server) -> ServerProcess:
+    return start_module_server(PRESENCE_TTL="3", PRESENCE_GRACE="1")
 
 
 @pytest.fixture

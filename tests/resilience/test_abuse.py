@@ -40,8 +40,8 @@ BYSTANDER_P99_LIMIT_S = 1.0  # on this 2-core machine, with the storm on the sam
 
 
 @pytest.fixture(scope="module")
-def abuse_server(start_server):
-    return start_server()
+def abuse_server(start_module_server):
+    return start_module_server()
 
 
 # Nonce replay races

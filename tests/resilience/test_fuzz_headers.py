@@ -139,8 +139,8 @@ def _payload_length(buffer: bytes) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def header_server(start_server):
-    return start_server()
+def header_server(start_module_server):
+    return start_module_server()
 
 
 @pytest.fixture(scope="module")

@@ -74,9 +74,9 @@ CONFIG = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(start_server):
+def fuzz_server(start_module_server):
     """A server of this module's own, so its request counter and its log are the fuzzer's alone."""
-    return start_server()
+    return start_module_server()
 
 
 def _interactions(report: Path) -> list[tuple[str, dict, dict | None]]:

@@ -285,8 +285,8 @@ async def _burst(port: int, agent: Agent | None, frames: list[Frame], record: Re
 
 
 @pytest.fixture(scope="module")
-def ws_fuzz_server(start_server):
-    return start_server()
+def ws_fuzz_server(start_module_server):
+    return start_module_server()
 
 
 def test_ws_fuzzing_never_crashes_or_hangs(ws_fuzz_server, figures) -> None:  # noqa: F811

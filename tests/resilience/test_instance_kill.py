@@ -58,8 +58,8 @@ class InstanceKill(Record):
 
 
 @pytest.fixture(scope="module")
-async def kill(start_server, figures_log: list[str]) -> InstanceKill:
-    victim, survivor = start_server(), start_server()
+async def kill(start_module_server, figures_log: list[str]) -> InstanceKill:
+    victim, survivor = start_module_server(), start_module_server()
     print(f"server logs: victim {victim.log_path}, survivor {survivor.log_path}")
     try:
         run = await play(_run(victim, survivor), SCENARIO_TIMEOUT_S)

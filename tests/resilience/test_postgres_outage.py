@@ -72,8 +72,8 @@ class PostgresOutage(OutageRecord):
 
 
 @pytest.fixture(scope="module")
-async def outage(start_server, private_postgres: PrivatePostgres, figures_log: list[str]) -> PostgresOutage:
-    server = start_server(DATABASE_URL=private_postgres.dsn)
+async def outage(start_module_server, private_postgres: PrivatePostgres, figures_log: list[str]) -> PostgresOutage:
+    server = start_module_server(DATABASE_URL=private_postgres.dsn)
     print(f"server log: {server.log_path}")
     try:
         run = await play(_run(server, private_postgres), SCENARIO_TIMEOUT_S)

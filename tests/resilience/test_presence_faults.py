@@ -36,8 +36,8 @@ def _instance(start_server, **env: str) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def pair(start_server) -> tuple[ServerProcess, ServerProcess]:
-    return _instance(start_server), _instance(start_server)
+def pair(start_module_server) -> tuple[ServerProcess, ServerProcess]:
+    return _instance(start_module_server), _instance(start_module_server)
 
 
 async def _roster(url: str, room: str) -> dict:

@@ -21,8 +21,8 @@ from tests.presence_support import event, follower, listed
 
 
 @pytest.fixture(scope="module")
-def debug_server(start_server):
-    return start_server(ENV="production", LOG_LEVEL="debug", PRESENCE_TTL="3", PRESENCE_GRACE="1")
+def debug_server(start_module_server):
+    return start_module_server(ENV="production", LOG_LEVEL="debug", PRESENCE_TTL="3", PRESENCE_GRACE="1")
 
 
 async def test_private_room_presence_never_leaks(debug_server) -> None:

@@ -22,9 +22,9 @@ from tests.resilience.fuzz_support import figures  # noqa: F401 - a fixture
 
 
 @pytest.fixture(scope="module")
-def debug_server(start_server):
+def debug_server(start_module_server):
     """Production logging (JSON lines) at debug level: the most a log could ever say."""
-    return start_server(ENV="production", LOG_LEVEL="debug")
+    return start_module_server(ENV="production", LOG_LEVEL="debug")
 
 
 @pytest.fixture(scope="module")

@@ -122,20 +122,20 @@ LIMITED = {"RATE_LIMIT_WHITELIST": WHITELIST, "CLIENT_IP_HEADER": IP_HEADER}
 
 
 @pytest.fixture(scope="module", params=["external", "embedded"])
-async def freeze(request: pytest.FixtureRequest, start_server, tmp_path_factory: pytest.TempPathFactory,
+async def freeze(request: pytest.FixtureRequest, start_module_server, tmp_path_factory: pytest.TempPathFactory,
                  figures_log: list[str]) -> RedisFreeze:
     servers: list[ServerProcess] = []
     redis: RedisProcess | EmbeddedRedis
     try:
         if request.param == "external":
             redis = request.getfixturevalue("private_redis")
-            servers.append(start_server(REDIS_URL=redis.url, **LIMITED))
+            servers.append(start_module_server(REDIS_URL=redis.url, **LIMITED))
         else:  # the first instance starts the embedded Redis; the second shares it
             data_dir: Path = tmp_path_factory.mktemp("embedded")
-            servers.append(start_server(REDIS_URL="", DATA_DIR=str(data_dir), **LIMITED))
+            servers.append(start_module_server(REDIS_URL="", DATA_DIR=str(data_dir), **LIMITED))
             redis = EmbeddedRedis(data_dir)
             assert redis.pids(), "the embedded redis-server is not running"
-        servers.append(start_server(REDIS_URL=redis.url, **LIMITED))
+        servers.append(start_module_server(REDIS_URL=redis.url, **LIMITED))
         print(f"server logs: {[str(s.log_path) for s in servers]}")
         run = await play(_run(request.param, servers, redis), SCENARIO_TIMEOUT_S)
     finally:

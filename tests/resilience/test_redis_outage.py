@@ -71,8 +71,8 @@ class RedisOutage(OutageRecord):
 
 
 @pytest.fixture(scope="module")
-async def outage(start_server, private_redis: RedisProcess, figures_log: list[str]) -> RedisOutage:
-    server = start_server(REDIS_URL=private_redis.url)
+async def outage(start_module_server, private_redis: RedisProcess, figures_log: list[str]) -> RedisOutage:
+    server = start_module_server(REDIS_URL=private_redis.url)
     print(f"server log: {server.log_path}")
     try:
         run = await play(_run(server, private_redis), SCENARIO_TIMEOUT_S)

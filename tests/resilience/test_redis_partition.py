@@ -71,11 +71,11 @@ async def proxy(private_redis: RedisProcess) -> AsyncIterator[FaultyProxy]:
 
 
 @pytest.fixture(scope="module")
-async def partition(start_server, private_redis: RedisProcess, proxy: FaultyProxy,
+async def partition(start_module_server, private_redis: RedisProcess, proxy: FaultyProxy,
                     figures_log: list[str]) -> Partition:
     # The proxy runs in this event loop: start A from a thread, so the loop serves it.
-    a = await asyncio.to_thread(start_server, REDIS_URL=proxy.url)
-    b = start_server(REDIS_URL=private_redis.url)
+    a = await asyncio.to_thread(start_module_server, REDIS_URL=proxy.url)
+    b = start_module_server(REDIS_URL=private_redis.url)
     print(f"server logs: A {a.log_path}, B {b.log_path}")
     try:
         run = await play(_run(a, b, proxy), SCENARIO_TIMEOUT_S)
