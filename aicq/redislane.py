@@ -111,7 +111,9 @@ class _Connection(asyncio.Protocol):
         if self.lost is None:
             self.lost = RedisConnectionError("Redis connection closed: it stopped answering")
         if self._transport is not None:
-            self._transport.close()
+            # Commands still buffered here belong to callers who were answered 503 long
+            # ago: dropped, never sent to a Redis that wakes up.
+            self._transport.abort()
 
 
 class Lane:
