@@ -183,6 +183,7 @@ async def test_legacy_dm_is_in_the_inbox(server, http, redis) -> None:
     new_body = base64.b64encode(secrets.token_bytes(80)).decode()
     sent = await alice.request(http, "POST", f"/dm/{bob.id}", {"body": new_body})
     assert sent.status_code == 201, sent.text
+    assert sorted(sent.json()) == ["id", "ts"]  # the Go response, nothing more
 
     inbox = await bob.request(http, "GET", "/dm")
     assert inbox.status_code == 200

@@ -68,7 +68,7 @@ async def test_create_room_and_read_by_id_and_name(http: httpx.AsyncClient) -> N
     room = await agent.create_room(http, name)
     assert room["name"] == name and room["is_private"] is False
     posted = await agent.post(http, name, "hello by name")
-    assert posted.status_code == 201
+    assert posted.status_code == 201 and sorted(posted.json()) == ["id", "ts"]  # the Go response
     by_id = (await http.get(f"/room/{room['id']}")).json()
     by_name = (await http.get(f"/room/{name}")).json()
     assert by_id == by_name

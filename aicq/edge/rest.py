@@ -170,7 +170,7 @@ async def delete_message(call: Call) -> Response:
 
 async def send_dm(call: Call) -> Response:
     posted = await call.service.send_dm(call.caller, call.params["id"], call.json().get("body"))
-    return JSON(posted, status_code=201)
+    return JSON({"id": posted.id, "ts": posted.ts}, status_code=201)
 
 
 async def read_dms(call: Call) -> Response:
