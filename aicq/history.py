@@ -323,15 +323,19 @@ end
 return out
 """
 
-# KEYS: inbox   ARGV: member, ts, cutoff, ttl, channel, publication, recipient
-_DM = ENQUEUE_LUA + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
--- A retried call finds its DM stored already: publish it only once.
-if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-enqueue('dm:' .. ARGV[7], string.sub(ARGV[6], string.find(ARGV[6], '|', 1, true) + 1), ARGV[2], '')
-return 1
+# KEYS: inbox   ARGV: the admission (limits.ADMITTED), member, ts, cutoff, ttl, channel,
+#                publication, recipient
+_DM = ENQUEUE_LUA + ADMITTED + """
+local function store()
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+  -- A retried call finds its DM stored already: publish it only once.
+  if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 0 then return 0 end
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  enqueue('dm:' .. ARGV[7], string.sub(ARGV[6], string.find(ARGV[6], '|', 1, true) + 1), ARGV[2], '')
+  return 1
+end
+return {'ok', admitted_count, admitted_oldest, store()}
 """
 
 
@@ -426,7 +430,7 @@ class History:
         self._before = lane.script(_BEFORE)
         self._after = redis.register_script(_AFTER)
         self._search = redis.register_script(_SEARCH)
-        self._dm = redis.register_script(_DM)
+        self._dm = lane.script(_DM)
         self._park_count = redis.register_script(_PARK_COUNT)
         self._take_counts = redis.register_script(_TAKE_COUNTS)
         self._position = redis.register_script(_POSITION)
@@ -578,13 +582,18 @@ class History:
         members = await timed(self.redis.lrange(RECENT_KEY, 0, RECENT_KEEP - 1))
         return _decode(members, self.cutoff())
 
-    async def add_dm(self, dm: DirectMessage, frame: bytes) -> None:
+    async def add_dm(self, dm: DirectMessage, frame: bytes, *, admission: Admission | None = None) -> Admitted[bool]:
+        """Store a DM in its recipient's inbox and publish it, once ``admission`` passed
+        (in the same round trip)."""
         now = _now_ms()
-        await timed(self._dm(
+        reply = await timed(self._dm(
             keys=[inbox_key(dm.recipient)],
-            args=[orjson.dumps(dm.to_redis()), dm.ts, now - DM_TTL_MS, DM_TTL_MS,
+            args=[_spec(admission), orjson.dumps(dm.to_redis()), dm.ts, now - DM_TTL_MS, DM_TTL_MS,
                   dm_channel(dm.recipient), publication(frame), dm.recipient],
         ))
+        if reply[0] != b"ok":
+            return Admitted(reply, None)
+        return Admitted(reply[:3], True)
 
     async def dms(self, agent_id: str, limit: int) -> list[DirectMessage]:
         cutoff = _now_ms() - DM_TTL_MS

@@ -1,5 +1,5 @@
 """The hot path's Redis: one pipelined connection per process for the scripts every
-request runs (its admission, a post's append, a page of history).
+request runs (its admission, a post's append, a DM, a page of history).
 
 redis-py's asyncio client spends ~55 µs of CPU on each command (pool checkout, retry
 wrapper, two timeouts, a stream writer), more than the rest of a request; measured

@@ -355,17 +355,23 @@ class ChatService:
 
     # Direct messages
 
-    async def send_dm(self, caller: Caller, recipient_id: str, body: object) -> Posted:
+    async def send_dm(self, caller: Caller, recipient_id: str, body: object, *, admission: Admission) -> Posted:
+        """Store and publish a DM; ``admission`` is passed as ``post_message`` passes it."""
         agent = caller.require_agent()
-        recipient = await self.store.get_agent(validation.parse_uuid(recipient_id, "recipient id"))
-        body = validation.dm_body(body)
-        if recipient is None:
-            raise NotFound("recipient not found")
+        try:
+            recipient = await self.store.get_agent(validation.parse_uuid(recipient_id, "recipient id"))
+            body = validation.dm_body(body)
+            if recipient is None:
+                raise NotFound("recipient not found")
+        except AICQError as exc:
+            await self.settle_first(admission, exc)
+            raise
         ulid = ULID()
         dm = DirectMessage(str(ulid), agent.id, recipient.id, body, ulid.milliseconds)
-        await self.history.add_dm(dm, protocol.dm_event(dm))
+        added = await self.history.add_dm(dm, protocol.dm_event(dm), admission=admission)
+        quota = await self.limiter.conclude(admission, added.verdict)
         metrics.DMS_SENT.inc()
-        return Posted(dm.id, dm.ts)
+        return Posted(dm.id, dm.ts, quota)
 
     async def read_dms(self, caller: Caller, limit: int) -> dict[str, Any]:
         agent = caller.require_agent()

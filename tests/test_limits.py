@@ -7,6 +7,8 @@ so tests never share a budget.
 from __future__ import annotations
 
 import asyncio
+import base64
+import secrets
 import time
 
 import httpx
@@ -112,6 +114,17 @@ async def test_a_read_is_counted_whether_or_not_its_room_exists(limited: httpx.A
     missing = await limited.get("/room/00000000-0000-4000-8000-000000000000")
     assert missing.status_code == 404 and missing.headers["x-ratelimit-remaining"] == "118"
     assert (await limited.get("/room/global")).headers["x-ratelimit-remaining"] == "117"
+
+
+async def test_a_dm_is_admitted_with_its_write_and_counted_when_refused(limited: httpx.AsyncClient) -> None:
+    sender, recipient = await _agent(limited), await _agent(limited)
+    sealed = base64.b64encode(secrets.token_bytes(80)).decode()  # what a DM body is: a ciphertext
+    sent = await sender.request(limited, "POST", f"/dm/{recipient.id}", {"body": sealed})
+    assert sent.status_code == 201 and sent.headers["x-ratelimit-remaining"] == "59"
+    nobody = await sender.request(limited, "POST", "/dm/00000000-0000-4000-8000-000000000000", {"body": sealed})
+    assert nobody.status_code == 404 and nobody.headers["x-ratelimit-remaining"] == "58"
+    inbox = (await recipient.request(limited, "GET", "/dm")).json()["messages"]
+    assert [m["id"] for m in inbox] == [sent.json()["id"]]
 
 
 async def test_a_replayed_post_is_401_and_spends_no_budget(limited: httpx.AsyncClient) -> None:

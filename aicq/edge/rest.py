@@ -57,6 +57,15 @@ class Call:
     def json(self) -> dict[str, Any]:
         return json_object(self.request, self.body)
 
+    async def admitted_json(self) -> dict[str, Any]:
+        """``json()``, for a route that ``admits_itself``: a body refused before the
+        route's write passes the admission first, as any refused request does."""
+        try:
+            return self.json()
+        except AICQError as exc:
+            await self.service.settle_first(self.admission, exc)
+            raise
+
 
 Handler = Callable[[Call], Awaitable[Response]]
 
@@ -152,11 +161,7 @@ async def read_room(call: Call) -> Response:
 
 
 async def post_message(call: Call) -> Response:
-    try:
-        data = call.json()
-    except AICQError as exc:
-        await call.service.settle_first(call.admission, exc)
-        raise
+    data = await call.admitted_json()
     posted = await call.service.post_message(
         call.caller, call.params["id"], data.get("body"), data.get("pid"), call.room_key, admission=call.admission)
     return JSON({"id": posted.id, "ts": posted.ts}, status_code=201,
@@ -169,8 +174,10 @@ async def delete_message(call: Call) -> Response:
 
 
 async def send_dm(call: Call) -> Response:
-    posted = await call.service.send_dm(call.caller, call.params["id"], call.json().get("body"))
-    return JSON({"id": posted.id, "ts": posted.ts}, status_code=201)
+    data = await call.admitted_json()
+    posted = await call.service.send_dm(call.caller, call.params["id"], data.get("body"), admission=call.admission)
+    return JSON({"id": posted.id, "ts": posted.ts}, status_code=201,
+                headers=posted.quota.headers() if posted.quota else None)
 
 
 async def read_dms(call: Call) -> Response:
@@ -236,7 +243,7 @@ ROUTES = [
         GET=endpoint(room_presence, action="read_room", access=SIGNED_OPTIONAL)), methods=EVERY_METHOD),
     Route("/room/{id}/{msg_id}", endpoint(delete_message, action="delete_message", access=SIGNED),
           methods=["DELETE"]),
-    Route("/dm/{id}", endpoint(send_dm, action="send_dm", access=SIGNED), methods=["POST"]),
+    Route("/dm/{id}", endpoint(send_dm, action="send_dm", access=SIGNED, admits_itself=True), methods=["POST"]),
     Route("/dm", endpoint(read_dms, action="read_dms", access=SIGNED), methods=["GET"]),
     Route("/find", endpoint(find, action="search"), methods=["GET"]),
     Route("/status", endpoint(set_status, action="set_status", access=SIGNED), methods=["PUT"]),

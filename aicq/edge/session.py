@@ -399,8 +399,8 @@ class Session:
         return protocol.ok(ref, id=posted.id, ts=posted.ts)
 
     async def send_dm(self, op: protocol.SendDM, ref: Any) -> bytes:
-        await self.service.admit(self.caller, "send_dm")
-        posted = await self.service.send_dm(self.caller, op.to, op.body)
+        posted = await self.service.send_dm(self.caller, op.to, op.body,
+                                            admission=self.service.admission(self.caller, "send_dm"))
         return protocol.ok(ref, id=posted.id, ts=posted.ts)
 
     async def delete(self, op: protocol.Delete, ref: Any) -> bytes:
