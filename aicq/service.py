@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -136,13 +137,19 @@ class ChatService:
         raised — 403 blocked, 401 nonce used, 429 budget spent."""
         return await self.limiter.admit(admission)
 
-    async def settle_first(self, admission: Admission, exc: AICQError) -> None:
-        """For a request about to be refused with ``exc`` before it passed ``admission``:
-        pass the admission first (the request is counted as any is, and a refusal of
-        its own is raised instead), and put the budget left on ``exc``'s headers."""
-        quota = await self.settle(admission)
-        if quota is not None:
-            exc.headers = {**quota.headers(), **exc.headers}
+    @asynccontextmanager
+    async def admitted_first(self, admission: Admission) -> AsyncIterator[None]:
+        """Around what a self-admitting request does before its write: a refusal raised
+        there passes ``admission`` first (the request is counted as any is, and a
+        refusal of the admission's own is raised instead), with the budget left on the
+        refusal's headers."""
+        try:
+            yield
+        except AICQError as exc:
+            quota = await self.settle(admission)
+            if quota is not None:
+                exc.headers = {**quota.headers(), **exc.headers}
+            raise
 
     async def admit(self, caller: Caller, action: str) -> Quota:
         """Spend one request of ``action``'s budget (``admission``); 429 when it is spent."""
@@ -256,11 +263,8 @@ class ChatService:
         """A page of the room's history, and the budget left. ``admission`` (not passed
         yet) is passed by the read itself, in the same round trip (``post_message``
         says how a refusal before it is counted)."""
-        try:
+        async with self.admitted_first(admission):
             room = await self.room(ref, key, caller)
-        except AICQError as exc:
-            await self.settle_first(admission, exc)
-            raise
         read = await self.history.before(room.id, before, limit, admission=admission)
         quota = await self.limiter.conclude(admission, read.verdict)
         page = read.value
@@ -278,16 +282,13 @@ class ChatService:
         bytes charged to the agent's budget; a post refused before that (bad input, no
         such room) passes it first, so it is counted as any request is."""
         agent = caller.require_agent()
-        try:
+        async with self.admitted_first(admission):
             room = await self.room(ref, key, caller)
             body = validation.message_body(body)
             pid = validation.parent_id(pid)
             if pid is not None and await self.history.find(room.id, pid) is None:
                 raise Unprocessable("pid must be the id of a message in this room")
             mentioned = await self.mentions.resolve(body, agent.id)
-        except AICQError as exc:
-            await self.settle_first(admission, exc)
-            raise
         draft = Message.draft(room.id, agent.id, body, pid)
         public = not room.is_private
         words = validation.tokenize(body) if public else []
@@ -358,14 +359,11 @@ class ChatService:
     async def send_dm(self, caller: Caller, recipient_id: str, body: object, *, admission: Admission) -> Posted:
         """Store and publish a DM; ``admission`` is passed as ``post_message`` passes it."""
         agent = caller.require_agent()
-        try:
+        async with self.admitted_first(admission):
             recipient = await self.store.get_agent(validation.parse_uuid(recipient_id, "recipient id"))
             body = validation.dm_body(body)
             if recipient is None:
                 raise NotFound("recipient not found")
-        except AICQError as exc:
-            await self.settle_first(admission, exc)
-            raise
         ulid = ULID()
         dm = DirectMessage(str(ulid), agent.id, recipient.id, body, ulid.milliseconds)
         added = await self.history.add_dm(dm, protocol.dm_event(dm), admission=admission)

@@ -50,6 +50,12 @@ class FaultyProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    async def __aenter__(self) -> FaultyProxy:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

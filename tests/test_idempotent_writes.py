@@ -27,11 +27,8 @@ from tests.proxy import FaultyProxy
 
 @pytest.fixture
 async def proxy(private_redis: RedisProcess) -> AsyncIterator[FaultyProxy]:
-    proxy = await FaultyProxy(private_redis.url).start()
-    try:
+    async with FaultyProxy(private_redis.url) as proxy:
         yield proxy
-    finally:
-        await proxy.stop()
 
 
 @pytest.fixture

@@ -60,11 +60,8 @@ class Call:
     async def admitted_json(self) -> dict[str, Any]:
         """``json()``, for a route that ``admits_itself``: a body refused before the
         route's write passes the admission first, as any refused request does."""
-        try:
+        async with self.service.admitted_first(self.admission):
             return self.json()
-        except AICQError as exc:
-            await self.service.settle_first(self.admission, exc)
-            raise
 
 
 Handler = Callable[[Call], Awaitable[Response]]

@@ -63,11 +63,8 @@ class Partition(Record):
 
 @pytest.fixture(scope="module")
 async def proxy(private_redis: RedisProcess) -> AsyncIterator[FaultyProxy]:
-    proxy = await FaultyProxy(private_redis.url).start()
-    try:
+    async with FaultyProxy(private_redis.url) as proxy:
         yield proxy
-    finally:
-        await proxy.stop()
 
 
 @pytest.fixture(scope="module")
