@@ -242,8 +242,12 @@ async def resume_after_restart(
     assert await viewer.feed_ids() == [doomed["id"], before["id"]]
 
     await asyncio.to_thread(instance.stop)
-    await viewer.page.wait_for_selector('#conn[data-state="waiting"]', timeout=5000)
-    assert "Offline" in await viewer.page.locator("#conn-text").inner_text()
+    # State and text change together, and the wait can be short: look at both at once,
+    # not in two round trips the next reconnect attempt can fall between.
+    await viewer.page.wait_for_function(
+        """() => document.querySelector('#conn').dataset.state === 'waiting'
+                 && document.querySelector('#conn-text').innerText.includes('Offline')""",
+        timeout=5000)
     missed = [await post(agent, http, room["id"], f"missed {i}") for i in range(3)]
     missed.append(await post(agent, http, room["id"], "a missed reply", pid=missed[0]["id"]))
     response = await agent.request(http, "DELETE", f"/room/{room['id']}/{doomed['id']}")
